@@ -1,0 +1,120 @@
+"""Peak GPU memory and tokens/s of LLaMA-350M under FSDP2, with and without PRAC.
+
+    torchrun --nproc_per_node NGPU benchmarks/fsdp_gpu.py [--micro-batch 32 --seq 256 --steps 20]
+
+Each configuration builds the model (the paper's LLaMA-350M shape: hidden 1024, 24 layers,
+ffn 2736, vocabulary 32000), applies prac_dist.fsdp.parallelize (bf16 params, fp32 reduce),
+trains `--warmup` untimed steps and `--steps` timed steps of AdamW on random tokens, and records
+torch.cuda.max_memory_allocated and tokens/s over all ranks. Rank 0 prints a table and writes
+benchmarks/results/fsdp_gpu.json with the GPU, driver and software versions. Needs CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_gpu.json"
+
+
+def build(preset: str):
+    from prac_dist.train.config import ModelConfig
+    from prac_dist.train.models import build_model
+
+    return build_model(ModelConfig(preset=preset), seq_len=1024, seed=0)
+
+
+def run_one(label: str, prac, args, mesh, device) -> dict:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from prac_dist import step as prac_step
+    from prac_dist.fsdp import parallelize
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    model = parallelize(build(args.preset), prac, mesh,
+                        mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
+                        activation_checkpointing=args.activation_checkpointing)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cpu").manual_seed(dist.get_rank())
+    row = {"label": label, "status": "ok"}
+    try:
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                torch.cuda.synchronize(device)
+                start = time.perf_counter()
+            x = torch.randint(0, vocab, (args.micro_batch, args.seq), generator=gen).to(device)
+            model(input_ids=x, labels=x).loss.backward()
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            if prac is not None:
+                prac_step(model)
+        torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - start
+        tokens = args.steps * args.micro_batch * args.seq * dist.get_world_size()
+        row.update(tokens_per_s=tokens / elapsed, step_s=elapsed / args.steps)
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "OOM"
+    peak = torch.tensor([torch.cuda.max_memory_allocated(device)], device=device, dtype=torch.float64)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    row["peak_gib_max_rank"] = float(peak) / 2**30
+    del model, optim
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="llama_350m")
+    parser.add_argument("--micro-batch", type=int, default=32, help="sequences per rank per step")
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/fsdp_gpu.py needs CUDA (it measures GPU memory); nothing was measured", file=sys.stderr)
+        return 2
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from prac_dist import PRACConfig
+    from prac_dist.fsdp import init_distributed
+
+    env, device = init_distributed()
+    mesh = init_device_mesh("cuda", (env.world_size,))
+    rows = [run_one("baseline", None, args, mesh, device),
+            run_one("prac (paper defaults)", PRACConfig(), args, mesh, device)]
+    if env.rank == 0:
+        import transformers
+
+        props = torch.cuda.get_device_properties(device)
+        result = {
+            "config": vars(args) | {"out": str(args.out)}, "world_size": env.world_size, "rows": rows,
+            "hardware": {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30,
+                         "gpus": env.world_size, "cpu": platform.processor() or platform.machine()},
+            "software": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                         "transformers": transformers.__version__, "python": platform.python_version()},
+        }
+        print(f"{'run':<24} {'status':>6} {'peak GiB':>9} {'tokens/s':>10} {'s/step':>7}")
+        for r in rows:
+            print(f"{r['label']:<24} {r['status']:>6} {r['peak_gib_max_rank']:>9.2f} "
+                  f"{r.get('tokens_per_s', float('nan')):>10.0f} {r.get('step_s', float('nan')):>7.3f}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""GPU benchmark of the PRAC kernels and of a whole PRAC training step.
+
+    python benchmarks/kernels.py [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
+
+Needs a CUDA GPU (Triton's CPU interpreter timings mean nothing); on a machine without
+one it says so and exits with status 1 without writing a result.
+
+1. Measured peak memory bandwidth: a 1 GiB device-to-device copy (read + write).
+2. Each kernel at the LLaMA-1B shape (hidden 2048, ffn 5461, bf16, N tokens), Triton vs
+   the PyTorch reference (and HF's module where there is one): time (median of
+   triton.testing.do_bench), bytes moved, achieved bandwidth and its share of the peak.
+3. The whole training step of a LLaMA-1B-shaped model (`--layers` decoder layers, AdamW)
+   at equal batch: no PRAC, PRAC with kernel="torch", PRAC with kernel="triton",
+   storage_bits 16 and 8; overhead relative to no PRAC. Goal: <= 5% on an H100.
+
+Prints tables and writes benchmarks/results/kernels.json (hardware and versions included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_env import environment  # noqa: E402
+
+HIDDEN, FFN = 2048, 5461  # LLaMA-1B (the paper's pre-training shape)
+
+
+def _bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3  # seconds
+
+
+def peak_bandwidth() -> float:
+    x = torch.empty(2**29, dtype=torch.float16, device="cuda")  # 1 GiB
+    y = torch.empty_like(x)
+    return 2 * x.numel() * x.element_size() / _bench(lambda: y.copy_(x))
+
+
+def kernel_rows(N: int, peak: float) -> list:
+    from prac_dist.kernels import dequantize, fused_project, rmsnorm_backward, rmsnorm_forward
+    from prac_dist.kernels import swiglu_backward, swiglu_forward
+    from prac_dist.kernels.projection import torch_dequantize, torch_fused_project
+    from prac_dist.kernels.rmsnorm import torch_rmsnorm_backward, torch_rmsnorm_forward
+    from prac_dist.kernels.swiglu import torch_swiglu_backward, torch_swiglu_forward
+
+    dev, bf = "cuda", torch.bfloat16
+    x = torch.randn(N, HIDDEN, device=dev, dtype=bf)
+    r = int(0.3 * HIDDEN) * 2  # [Q1 | c Q2] at r1 = r2 = 0.3n
+    q = torch.randn(HIDDEN, r, device=dev)
+    w = torch.randn(HIDDEN, device=dev, dtype=bf)
+    g, u = torch.randn(N, FFN, device=dev, dtype=bf), torch.randn(N, FFN, device=dev, dtype=bf)
+    codes, scale = fused_project(x, q, 8, seed=0)
+    _, rstd = rmsnorm_forward(x, w, 1e-6)
+    e = 2  # bytes per bf16 element
+    cases = [
+        # name, bytes moved (compulsory traffic), {implementation: fn}
+        ("fused_project 16-bit", N * HIDDEN * e + HIDDEN * r * e + N * r * e, {
+            "triton": lambda: fused_project(x, q, 16, kernel="triton"),
+            "torch": lambda: torch_fused_project(x, q, 16)}),
+        ("fused_project 8-bit", N * HIDDEN * e + HIDDEN * r * e + N * r + 4 * N, {
+            "triton": lambda: fused_project(x, q, 8, seed=1, kernel="triton"),
+            "torch": lambda: torch_fused_project(x, q, 8, seed=1)}),
+        ("dequantize", N * r + 4 * N + N * r * e, {
+            "triton": lambda: dequantize(codes, scale, bf, kernel="triton"),
+            "torch": lambda: torch_dequantize(codes, scale, bf)}),
+        ("rmsnorm forward", 2 * N * HIDDEN * e + 4 * N, {
+            "triton": lambda: rmsnorm_forward(x, w, 1e-6, kernel="triton"),
+            "torch": lambda: torch_rmsnorm_forward(x, w, 1e-6)}),
+        ("rmsnorm backward", 3 * N * HIDDEN * e + 4 * N, {
+            "triton": lambda: rmsnorm_backward(x, x, w, rstd, kernel="triton"),
+            "torch": lambda: torch_rmsnorm_backward(x, x, w, rstd)}),
+        ("swiglu forward", 3 * N * FFN * e, {
+            "triton": lambda: swiglu_forward(g, u, kernel="triton"),
+            "torch": lambda: torch_swiglu_forward(g, u)}),
+        ("swiglu backward", 5 * N * FFN * e, {
+            "triton": lambda: swiglu_backward(g, g, u, kernel="triton"),
+            "torch": lambda: torch_swiglu_backward(g, g, u)}),
+    ]
+    rows = []
+    for name, nbytes, impls in cases:
+        for impl, fn in impls.items():
+            sec = _bench(fn)
+            rows.append({"kernel": name, "impl": impl, "N": N, "us": sec * 1e6, "bytes": nbytes,
+                         "GBps": nbytes / sec / 1e9, "share_of_peak": nbytes / sec / peak})
+    return rows
+
+
+def step_rows(layers: int, micro_batch: int, seq: int) -> list:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prac_dist import PRACConfig, apply_prac, hook_optimizer
+
+    variants = [("baseline (no PRAC)", None)]
+    for kernel in ("torch", "triton"):
+        for bits in (16, 8):
+            variants.append((f"PRAC kernel={kernel} bits={bits}", PRACConfig(kernel=kernel, storage_bits=bits)))
+    rows = []
+    ids = torch.randint(0, 32000, (micro_batch, seq), device="cuda")
+    for name, cfg in variants:
+        torch.manual_seed(0)
+        hf = LlamaConfig(vocab_size=32000, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=layers,
+                         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=seq)
+        model = LlamaForCausalLM(hf).to(device="cuda", dtype=torch.bfloat16)
+        if cfg is not None:
+            apply_prac(model, cfg)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if cfg is not None:
+            hook_optimizer(opt, model)
+
+        def train_step():
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        torch.cuda.reset_peak_memory_stats()
+        sec = _bench(train_step)
+        rows.append({"variant": name, "layers": layers, "micro_batch": micro_batch, "seq": seq,
+                     "step_ms": sec * 1e3, "peak_GiB": torch.cuda.max_memory_allocated() / 2**30})
+        del model, opt
+        torch.cuda.empty_cache()
+    base = rows[0]["step_ms"]
+    for row in rows:
+        row["overhead"] = row["step_ms"] / base - 1
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=8192, help="N rows for the kernel timings")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers of the LLaMA-1B-shaped step model")
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"))
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
+              "interpreter's timings mean nothing). Nothing measured, nothing written.", file=sys.stderr)
+        return 1
+
+    peak = peak_bandwidth()
+    kernels = kernel_rows(args.tokens, peak)
+    print(f"measured peak bandwidth (1 GiB copy): {peak / 1e9:.0f} GB/s")
+    print(f"{'kernel':<22}{'impl':<8}{'us':>10}{'GB/s':>9}{'% peak':>8}")
+    for row in kernels:
+        print(f"{row['kernel']:<22}{row['impl']:<8}{row['us']:>10.1f}{row['GBps']:>9.0f}{100 * row['share_of_peak']:>7.0f}%")
+    steps = step_rows(args.layers, args.micro_batch, args.seq)
+    print(f"\n{'step (LLaMA-1B shape, ' + str(args.layers) + ' layers)':<36}{'ms':>9}{'overhead':>10}{'peak GiB':>10}")
+    for row in steps:
+        print(f"{row['variant']:<36}{row['step_ms']:>9.1f}{100 * row['overhead']:>9.1f}%{row['peak_GiB']:>10.2f}")
+    result = {"benchmark": "kernels", "environment": environment(), "args": vars(args),
+              "peak_bandwidth_GBps": peak / 1e9, "kernels": kernels, "steps": steps}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The PRAC bases and the compressor that owns them.
+
+A Compressor holds one (Q1, Q2) pair for one input tensor (shared by every layer
+that reads that tensor: q/k/v, gate/up) and its refresh schedule:
+
+    Q1 = top-r1 eigenvectors of XᵀX (float32), recomputed every T1 optimizer steps
+    Q2 = QR(S - Q1 Q1ᵀ S), S ~ N(0, 1)^{n x r2}, redrawn every T2 steps
+    Z  = X [Q1 | c Q2],  c = (n - r1) / r2          (the only thing saved)
+    X~ = Z [Q1 | Q2]ᵀ,   E[X~] = X                  (never materialised for linears)
+
+Q2 comes from a fresh generator seeded by (seed, group, rank, draw index), so a
+resumed run redraws exactly what an uninterrupted one would, on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import weakref
+from typing import Dict, Optional, Tuple
+
+import torch
+
+__all__ = ["Compressor", "principal_basis", "random_complement_basis", "data_parallel_rank"]
+
+# Z tensors carry this attribute so offload hooks can move them and nothing else.
+COMPRESSED_ATTR = "_prac_compressed"
+
+
+def data_parallel_rank() -> int:
+    """The rank whose data this process sees (read lazily: apply_prac may run before init)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _seed(*parts) -> int:
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def spectrum(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, >= 0) and eigenvectors of XᵀX in float32."""
+    x = x2d.float()
+    gram = x.t() @ x  # n x n: N·n² flops, far cheaper than an SVD of the N x n matrix
+    evals, evecs = torch.linalg.eigh(gram)
+    return evals.flip(0).clamp_min(0), evecs.flip(-1)
+
+
+def choose_r1(evals: torch.Tensor, budget: int, policy: str, energy: float) -> int:
+    """r1 for a layer that stores `budget` = r1 + r2 coordinates, from the spectrum of XᵀX.
+
+    'min_variance' minimises the variance bound (c - 1)·tail(r1) = (n - R)/(R - r1) · Σ_{i>r1} λ_i;
+    'energy' takes the smallest r1 with Σ_{i<=r1} λ_i >= energy · Σ λ_i. r1 <= R - 1 keeps r2 >= 1.
+    """
+    n = evals.numel()
+    lam = evals.double()
+    tail = lam.sum() - torch.cat([lam.new_zeros(1), lam.cumsum(0)])  # tail[r] = Σ_{i>=r} λ_i
+    r = torch.arange(budget, dtype=torch.float64)
+    if policy == "energy":
+        captured = 1 - tail[:budget] / tail[0].clamp_min(1e-30)
+        hits = torch.nonzero(captured >= energy - 1e-12)
+        return int(hits[0]) if hits.numel() else budget - 1
+    if budget >= n:
+        return budget - 1
+    bound = (n - budget) / (budget - r) * tail[:budget]
+    return int(torch.argmin(bound))
+
+
+@torch.no_grad()
+def principal_basis(x2d: torch.Tensor, r1: int) -> Tuple[torch.Tensor, float]:
+    """Top-r1 right singular vectors of x2d (float32) and the share of ‖X‖²_F they capture."""
+    evals, evecs = spectrum(x2d)
+    return _top(evals, evecs, r1, x2d)
+
+
+def _top(evals: torch.Tensor, evecs: torch.Tensor, r1: int, x2d: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    total = float(evals.sum())
+    if r1 == 0:
+        return x2d.new_zeros(x2d.shape[1], 0, dtype=torch.float32), 0.0
+    # float32 eigh leaves its eigenvectors orthogonal only to ~1e-5; one QR (cheap, n x r1) brings
+    # [Q1 | Q2] back to ~1e-7, which is what makes full rank reproduce the exact gradient.
+    top, _ = torch.linalg.qr(evecs[:, :r1])
+    captured = float(evals[:r1].sum())
+    return top, (captured / total if total > 0 else 1.0)
+
+
+@torch.no_grad()
+def random_complement_basis(q1: torch.Tensor, n: int, r2: int, seed: int) -> torch.Tensor:
+    """Orthonormal n x r2 basis of a uniformly random r2-dim subspace of range(Q1)⊥."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    s = torch.randn(n, r2, generator=gen, dtype=torch.float32).to(q1.device)
+    # Two rounds of projection: one loses orthogonality to Q1 at float32 rounding (Kahan's "twice is enough").
+    for _ in range(2):
+        s = s - q1 @ (q1.t() @ s)
+    q2, _ = torch.linalg.qr(s)
+    return q2
+
+
+class Compressor:
+    """One basis pair and its schedule; see the module docstring."""
+
+    def __init__(self, name: str, n: int, r1: int, r2: int, *, seed: int, per_rank_random: bool,
+                 storage_bits: int = 16, solver: str = "exact", kernel: str = "auto",
+                 adaptive: str = "off", adaptive_energy: float = 0.9, t1: int = 500, t2: int = 500):
+        if r1 + r2 == 0 or r1 + r2 > n:
+            raise ValueError(f"{name}: r1={r1}, r2={r2} for width n={n}: accepted is 0 < r1 + r2 <= n")
+        self.name, self.n, self.r1, self.r2 = name, n, r1, r2
+        self.budget, self.adaptive, self.adaptive_energy = r1 + r2, adaptive, adaptive_energy
+        self.t1, self.t2 = t1, t2
+        self.seed, self.per_rank_random = seed, per_rank_random
+        self.storage_bits, self.solver, self.kernel = storage_bits, solver, kernel
+        self.q1: Optional[torch.Tensor] = None
+        self.q2: Optional[torch.Tensor] = None
+        self.principal_due = True
+        self.random_due = True
+        self.draws = 0
+        self.energy: Optional[float] = None
+        self._fwd_cache: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._back: Optional[torch.Tensor] = None
+        self._shared: Optional[Tuple[weakref.ref, int, tuple]] = None
+
+    @property
+    def c(self) -> float:
+        """Scale of the random part: (n - r1) / r2 makes E[c Q2 Q2ᵀ] = I - Q1 Q1ᵀ."""
+        return (self.n - self.r1) / self.r2 if self.r2 > 0 else 1.0
+
+    @property
+    def rank(self) -> int:
+        return self.r1 + self.r2
+
+    # ---- schedule -------------------------------------------------------------------------
+    def mark(self, step: int) -> None:
+        if step % self.t1 == 0:
+            self.principal_due = True
+        if step % self.t2 == 0:
+            self.random_due = True
+
+    @torch.no_grad()
+    def refresh(self, x2d: torch.Tensor) -> None:
+        """Recompute whatever the schedule says is due, from this training batch."""
+        if not (self.principal_due or self.random_due):
+            return
+        if self.principal_due:
+            self.q1, self.energy = self._principal(x2d)
+            self.principal_due = False
+            self.random_due = True  # Q2 must live in the complement of the new Q1
+        if self.random_due:
+            rank = data_parallel_rank() if self.per_rank_random else 0
+            seed = _seed(self.seed, self.name, rank, self.draws)
+            q1 = self.q1.to(x2d.device)
+            self.q2 = random_complement_basis(q1, self.n, self.r2, seed) if self.r2 else q1.new_zeros(self.n, 0)
+            self.draws += 1
+            self.random_due = False
+        self._fwd_cache.clear()
+        self._back = None
+        self._shared = None
+
+    def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, float]:
+        if self.r1 == 0:
+            return x2d.new_zeros(self.n, 0, dtype=torch.float32), 0.0
+        if self.adaptive != "off":
+            evals, evecs = spectrum(x2d)
+            self.r1 = choose_r1(evals, self.budget, self.adaptive, self.adaptive_energy)
+            self.r2 = self.budget - self.r1
+            return _top(evals, evecs, self.r1, x2d)
+        if self.solver == "randomized":
+            from prac_dist.kernels import captured_energy, randomized_principal_basis
+
+            q1 = randomized_principal_basis(x2d, self.r1, q_prev=self.q1)
+            q1, _ = torch.linalg.qr(q1)  # same orthonormality as the exact path: full rank stays exact
+            return q1, float(captured_energy(x2d, q1))
+        return principal_basis(x2d, self.r1)
+
+    # ---- projection -------------------------------------------------------------------------
+    def q_fwd(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """[Q1 | c Q2] in the compute dtype (cached per dtype: it changes only at a refresh)."""
+        key = (dtype, device)
+        if key not in self._fwd_cache:
+            q = torch.cat([self.q1, self.c * self.q2], dim=1).to(device=device)
+            self._fwd_cache[key] = q.to(dtype)
+        return self._fwd_cache[key]
+
+    def q_back(self, device: torch.device) -> torch.Tensor:
+        """[Q1 | Q2] in float32: the basis the stored coordinates are expanded in."""
+        if self._back is None or self._back.device != device:
+            self._back = torch.cat([self.q1, self.q2], dim=1).to(device=device, dtype=torch.float32)
+        return self._back
+
+    @torch.no_grad()
+    def compress(self, x2d: torch.Tensor) -> tuple:
+        """Stored form of x2d: (Z,) at 16 bits, (int8 codes, float32 row scales) at 8 bits."""
+        from prac_dist.core.storage import pack
+
+        return pack(x2d, self.q_fwd(x2d.dtype, x2d.device), self.storage_bits, self.kernel)
+
+    def compress_shared(self, x: torch.Tensor, x2d: torch.Tensor) -> tuple:
+        """Compress once per input tensor: q/k/v (gate/up) calls with the same x reuse one Z."""
+        if self._shared is not None:
+            ref, version, packed = self._shared
+            alive = [p() for p in packed]
+            if ref() is x and version == x._version and all(a is not None for a in alive):
+                return tuple(alive)
+        packed = self.compress(x2d)
+        # Weak references only: the cache must never keep a Z alive after its backward is done.
+        self._shared = (weakref.ref(x), x._version, tuple(weakref.ref(p) for p in packed))
+        return packed
+
+    def decompress(self, packed: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """X~ = Z [Q1 | Q2]ᵀ (N x n): only nonlinear layers need it, and only in backward."""
+        from prac_dist.core.storage import unpack
+
+        z = unpack(packed, torch.float32, self.kernel)
+        return (z @ self.q_back(z.device).t()).to(dtype)
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "n": self.n, "r1": self.r1, "r2": self.r2, "draws": self.draws,
+            "principal_due": self.principal_due, "random_due": self.random_due, "energy": self.energy,
+            "q1": None if self.q1 is None else self.q1.detach().cpu().clone(),
+            "q2": None if self.q2 is None else self.q2.detach().cpu().clone(),
+        }
+
+    def load_state_dict(self, state: dict, device: Optional[torch.device] = None) -> None:
+        # Adaptive ranks move r1/r2 at every refresh; only their sum (the stored bytes) is fixed.
+        keys = ("n", "r1", "r2") if self.adaptive == "off" else ("n",)
+        if self.adaptive != "off" and state["r1"] + state["r2"] != self.budget:
+            raise ValueError(f"PRAC state for {self.name}: r1 + r2 = {state['r1'] + state['r2']} in the checkpoint, "
+                             f"{self.budget} in this model (the PRACConfig ratios must match the saved run)")
+        for key in keys:
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"PRAC state for {self.name}: {key}={state[key]} in the checkpoint, "
+                    f"{getattr(self, key)} in this model (the PRACConfig ratios must match the saved run)"
+                )
+        self.r1, self.r2 = int(state["r1"]), int(state["r2"])
+        self.draws = int(state["draws"])
+        self.principal_due, self.random_due = bool(state["principal_due"]), bool(state["random_due"])
+        self.energy = state["energy"]
+        self.q1 = None if state["q1"] is None else state["q1"].to(device or "cpu")
+        self.q2 = None if state["q2"] is None else state["q2"].to(device or "cpu")
+        self._fwd_cache.clear()
+        self._back = None
+        self._shared = None

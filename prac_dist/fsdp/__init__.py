@@ -1,0 +1,25 @@
+"""PRAC under PyTorch FSDP2 (`fully_shard`): sharding, distributed checkpoints, launcher environment.
+
+    from prac_dist.fsdp import parallelize, init_distributed
+    env, device = init_distributed()                      # torchrun / SLURM / OpenMPI variables
+    mesh = init_device_mesh(device.type, (env.world_size,))
+    model = parallelize(model, PRACConfig(), mesh)        # PRAC -> [checkpointing] -> fully_shard
+    save_checkpoint(path, model, optimizer) / load_checkpoint(path, model, optimizer)
+
+`prac_dist.fsdp.backend.FSDPBackend` is the engine behind `prac-train --fsdp`; it is not
+imported here so that this package does not pull in the training loop.
+"""
+
+from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
+from prac_dist.fsdp.env import DistEnv, discover_env, init_distributed
+from prac_dist.fsdp.parallelize import find_decoder_layers, parallelize
+
+__all__ = [
+    "parallelize",
+    "find_decoder_layers",
+    "save_checkpoint",
+    "load_checkpoint",
+    "DistEnv",
+    "discover_env",
+    "init_distributed",
+]

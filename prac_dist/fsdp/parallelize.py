@@ -1,0 +1,118 @@
+"""PRAC under FSDP2 in one ordered function (the torchtitan order).
+
+    PRAC module swap -> activation checkpointing (optional) -> fully_shard per decoder block -> root
+
+Each step must come before the next: see the comment at each step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+__all__ = ["parallelize", "find_decoder_layers"]
+
+# Where Hugging Face causal LMs keep their decoder blocks, by attribute path. The first match wins.
+_LAYER_PATHS = (
+    "model.layers",          # LLaMA, Mistral, Qwen2, Gemma, Phi-3 (…ForCausalLM)
+    "transformer.h",         # GPT-2, GPT-J, Falcon, BLOOM
+    "model.decoder.layers",  # OPT
+    "gpt_neox.layers",       # GPT-NeoX, Pythia
+    "layers",                # a bare LlamaModel / MistralModel
+    "h",                     # a bare GPT2Model
+)
+
+
+def find_decoder_layers(model: nn.Module, layers_path: Optional[str] = None) -> nn.ModuleList:
+    """The model's ModuleList of decoder blocks (`model.model.layers`, `model.transformer.h`, ...)."""
+    paths = (layers_path,) if layers_path is not None else _LAYER_PATHS
+    for path in paths:
+        found = _get_path(model, path)
+        if isinstance(found, nn.ModuleList) and len(found) > 0:
+            return found
+    if layers_path is not None:
+        raise ValueError(f"layers_path={layers_path!r}: {type(model).__name__} has no non-empty nn.ModuleList there")
+    raise ValueError(
+        f"cannot find the decoder blocks of {type(model).__name__}: tried {list(_LAYER_PATHS)}; "
+        f"pass layers_path='dotted.path.to.ModuleList'"
+    )
+
+
+def parallelize(
+    model: nn.Module,
+    prac_config,
+    mesh: DeviceMesh,
+    mp_policy: Optional[MixedPrecisionPolicy] = None,
+    offload_policy: Optional[OffloadPolicy] = None,
+    activation_checkpointing: bool = False,
+    *,
+    layers_path: Optional[str] = None,
+) -> nn.Module:
+    """Apply PRAC (when `prac_config` is a PRACConfig; None = plain FSDP2) and shard `model` over `mesh`.
+
+    Modifies `model` in place and returns it; build the optimizer afterwards, from the
+    sharded parameters. `mesh` is a 1-D data-parallel mesh, e.g. `init_device_mesh("cpu", (world,))`.
+    """
+    _check_args(mesh, mp_policy, offload_policy, activation_checkpointing)
+    layers = find_decoder_layers(model, layers_path)
+    fsdp_kwargs = {"mesh": mesh}
+    if mp_policy is not None:
+        fsdp_kwargs["mp_policy"] = mp_policy
+    if offload_policy is not None:
+        fsdp_kwargs["offload_policy"] = offload_policy
+
+    # 1. PRAC first: it swaps modules in place keeping the Parameter objects, and fully_shard
+    #    then shards exactly those Parameters; swapping after sharding would hand PRAC DTensor shards.
+    #    Module paths are also still the plain ones here, so PRAC's group names (which seed the
+    #    random subspaces and key prac_state_dict) are the same with or without FSDP/checkpointing.
+    if prac_config is not None:
+        from prac_dist import apply_prac
+
+        apply_prac(model, prac_config)
+
+    # 2. Activation checkpointing wraps whole blocks (non-reentrant: works with FSDP2's hooks and
+    #    checks saved-tensor shapes on recompute). It must wrap before fully_shard so that the
+    #    FSDP unit is the wrapper and the recompute runs inside the block's unshard/reshard window.
+    if activation_checkpointing:
+        for i, block in enumerate(layers):
+            layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+    # 3. One FSDP unit per decoder block, bottom-up: only one block's full weights exist at a time
+    #    (all-gather in forward, free after). The last block is not resharded after forward:
+    #    backward starts with it, so freeing it would only re-gather it immediately.
+    for i, block in enumerate(layers):
+        fully_shard(block, reshard_after_forward=i < len(layers) - 1, **fsdp_kwargs)
+
+    # 4. The root last: it takes the leftover parameters (embeddings, final norm, LM head) and
+    #    its forward hook drives the lazy initialisation of all the units below it.
+    fully_shard(model, **fsdp_kwargs)
+    return model
+
+
+def _check_args(mesh, mp_policy, offload_policy, activation_checkpointing) -> None:
+    if not isinstance(mesh, DeviceMesh):
+        raise ValueError(f"mesh={mesh!r}: accepted is a torch.distributed.device_mesh.DeviceMesh "
+                         f"(e.g. init_device_mesh('cpu', (world_size,)))")
+    if mesh.ndim != 1:
+        raise ValueError(f"mesh has {mesh.ndim} dimensions {tuple(mesh.shape)}: accepted is a 1-D data-parallel mesh")
+    if mp_policy is not None and not isinstance(mp_policy, MixedPrecisionPolicy):
+        raise ValueError(f"mp_policy={mp_policy!r}: accepted is None or a torch.distributed.fsdp.MixedPrecisionPolicy")
+    if offload_policy is not None and not isinstance(offload_policy, OffloadPolicy):
+        raise ValueError(f"offload_policy={offload_policy!r}: accepted is None or a torch.distributed.fsdp."
+                         f"CPUOffloadPolicy / OffloadPolicy")
+    if not isinstance(activation_checkpointing, bool):
+        raise ValueError(f"activation_checkpointing={activation_checkpointing!r}: accepted is True or False")
+
+
+def _get_path(root: nn.Module, path: str):
+    node = root
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node

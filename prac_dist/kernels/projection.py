@@ -1,0 +1,290 @@
+"""Fused PRAC projection Z = X·[Q1 | c·Q2], optionally stored in 8 bits, unbiasedly.
+
+One matmul kernel reads X once against the concatenated basis (the caller folds
+c = (n - r1) / r2 into the Q2 columns), so principal and random parts cost one
+pass, not two. With `storage_bits=8` a second, row-wise kernel turns Z into
+int8 with a per-row absmax scale and stochastic rounding:
+
+    s_i = max_j |z_ij| / 127,    q_ij = floor(z_ij / s_i + u_ij),  u ~ U[0, 1)
+
+written as floor + Bernoulli(frac) so that E[q_ij] * s_i = z_ij, i.e. the
+stored activation stays an unbiased estimate of what 16-bit storage keeps, and
+E[dW] is unchanged. The 8-bit path quantizes exactly the values 16-bit storage
+would have stored (z in X's dtype), so `scale` is a deterministic function of
+the 16-bit output and the two storage modes agree in expectation bit for bit.
+
+Stored bytes per token: r * 2 (bf16) -> r + 4 (int8 + one float32 scale),
+i.e. 0.51x at r = 460 (0.3n + 0.3n of n = 768).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .dispatch import interpreting, jitted, resolve_kernel
+
+try:  # optional dependency: the PyTorch references below work without it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is absent
+    triton = tl = None
+
+__all__ = ["fused_project", "dequantize", "torch_fused_project", "torch_dequantize"]
+
+_QMAX = 127.0  # symmetric int8 range [-127, 127]; -128 unused so the grid is symmetric
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_MAX_TILE = 4096  # elements per row-wise tile: 16 KiB of float32 registers per program
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+def _project_kernel(
+    x_ptr, q_ptr, z_ptr,
+    N, n, r,
+    stride_xm, stride_xk, stride_qk, stride_qr, stride_zm, stride_zr,
+    DOT_IN_INPUT_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < N
+    col_mask = cols < r
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k0 in range(0, n, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < n
+        x = tl.load(x_rows + ks[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        q = tl.load(
+            q_ptr + ks[:, None] * stride_qk + cols[None, :] * stride_qr,
+            mask=k_mask[:, None] & col_mask[None, :], other=0.0,
+        )
+        # Q arrives already rounded to X's dtype; bf16 x bf16 products are exact in float32
+        # and the accumulation is float32, so both branches compute the same function.
+        if DOT_IN_INPUT_DTYPE:
+            acc = tl.dot(x, q, acc)  # bf16/fp16 tensor cores (GPU)
+        else:
+            acc = tl.dot(x.to(tl.float32), q.to(tl.float32), acc, input_precision="ieee")
+    z_ptrs = z_ptr + rows.to(tl.int64)[:, None] * stride_zm + cols[None, :] * stride_zr
+    tl.store(z_ptrs, acc.to(z_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+
+
+def _quantize_rows_kernel(
+    z_ptr, out_ptr, scale_ptr,
+    N, r, stride_z, stride_out, seed,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    # Pass 1: row absmax over column chunks (Z is re-read from cache in pass 2).
+    amax = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for c0 in range(0, r, BLOCK_R):
+        cols = c0 + tl.arange(0, BLOCK_R)
+        mask = row_mask[:, None] & (cols < r)[None, :]
+        z = tl.load(z_ptr + rows64[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(z))
+    # IEEE division so the scale is bit-identical to torch's amax / 127.
+    scale = tl.math.div_rn(tl.max(amax, axis=1), 127.0)
+    tl.store(scale_ptr + rows64, scale, mask=row_mask)
+    # scale == 0 only for an all-zero row, whose z / 1 = 0: no 0/0 anywhere.
+    divisor = tl.where(scale > 0.0, scale, 1.0)[:, None]
+    # Pass 2: stochastic rounding, floor(v) + Bernoulli(v - floor(v)).
+    for c0 in range(0, r, BLOCK_R):
+        cols = c0 + tl.arange(0, BLOCK_R)
+        mask = row_mask[:, None] & (cols < r)[None, :]
+        z = tl.load(z_ptr + rows64[:, None] * stride_z + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        # |z| / (amax / 127) can exceed 127 by an ulp: the clamp keeps int8 from wrapping.
+        v = tl.minimum(tl.maximum(z / divisor, -127.0), 127.0)
+        lo = tl.floor(v)
+        frac = v - lo  # exact in float32
+        # Offsets are global element indices: the bits do not depend on block sizes.
+        u = tl.rand(seed, rows64[:, None] * r + cols[None, :])
+        q = lo + tl.where(u < frac, 1.0, 0.0)
+        tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], q.to(tl.int8), mask=mask)
+
+
+def _dequantize_rows_kernel(
+    q_ptr, scale_ptr, out_ptr,
+    N, r, stride_q, stride_out,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N
+    rows64 = rows.to(tl.int64)
+    scale = tl.load(scale_ptr + rows64, mask=row_mask, other=0.0)[:, None]
+    for c0 in range(0, r, BLOCK_R):
+        cols = c0 + tl.arange(0, BLOCK_R)
+        mask = row_mask[:, None] & (cols < r)[None, :]
+        q = tl.load(q_ptr + rows64[:, None] * stride_q + cols[None, :], mask=mask, other=0).to(tl.float32)
+        out = (q * scale).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], out, mask=mask)
+
+
+# ----------------------------------------------------------------------------- host launchers
+def _row_blocks(N: int, r: int) -> Tuple[int, int]:
+    # Tiles of <= _MAX_TILE elements: a short row (r = 33) gets 64 rows per program
+    # instead of wasting 31 of 64 lanes; a row longer than the tile loops over chunks.
+    block_r = min(triton.next_power_of_2(max(r, 1)), _MAX_TILE)
+    block_m = max(1, min(triton.next_power_of_2(max(N, 1)), _MAX_TILE // block_r))
+    return block_m, block_r
+
+
+def _triton_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
+    N, n = x2d.shape
+    r = q_fwd.shape[1]
+    # Round Q to X's dtype once on the host (n x r, tiny), as torch does: the kernel then
+    # reads half the bytes of Q and no in-kernel conversion can round differently.
+    q_fwd = q_fwd.to(x2d.dtype).contiguous()
+    z = torch.empty((N, r), dtype=x2d.dtype, device=x2d.device)
+    if N == 0 or r == 0:
+        return z
+    if n == 0:
+        return z.zero_()
+    # 64x64x32 tiles: 2 x (64x32) input tiles + a 64x64 float32 accumulator per program;
+    # tl.dot needs every tile side >= 16, masks cover odd N, n, r.
+    bm, br, bk = 64, 64, 32
+    grid = (triton.cdiv(N, bm), triton.cdiv(r, br))
+    jitted(_project_kernel)[grid](
+        x2d, q_fwd, z, N, n, r,
+        x2d.stride(0), x2d.stride(1), q_fwd.stride(0), q_fwd.stride(1), z.stride(0), z.stride(1),
+        # Triton 3.9's interpreter multiplies bf16 tiles as raw uint16 bits (wrong by 1e10),
+        # so it gets the float32 branch, which computes the same function.
+        DOT_IN_INPUT_DTYPE=x2d.dtype != torch.float32 and not interpreting(),
+        BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk,
+    )
+    return z
+
+
+def _triton_quantize(z: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    N, r = z.shape
+    out = torch.empty((N, r), dtype=torch.int8, device=z.device)
+    scale = torch.empty((N,), dtype=torch.float32, device=z.device)
+    if N == 0:
+        return out, scale
+    if r == 0:
+        return out, scale.zero_()
+    bm, br = _row_blocks(N, r)
+    jitted(_quantize_rows_kernel)[(triton.cdiv(N, bm),)](
+        z, out, scale, N, r, z.stride(0), out.stride(0), seed, BLOCK_M=bm, BLOCK_R=br
+    )
+    return out, scale
+
+
+def _triton_dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    N, r = q.shape
+    out = torch.empty((N, r), dtype=dtype, device=q.device)
+    if N == 0 or r == 0:
+        return out
+    bm, br = _row_blocks(N, r)
+    jitted(_dequantize_rows_kernel)[(triton.cdiv(N, bm),)](
+        q, scale, out, N, r, q.stride(0), out.stride(0), BLOCK_M=bm, BLOCK_R=br
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- PyTorch references
+def _torch_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
+    # Q rounded to X's dtype, then exact float32 products summed in float32: what a
+    # bf16 tensor-core dot with float32 accumulation computes (and the kernel above).
+    q = q_fwd.to(x2d.dtype).float()
+    return (x2d.float() @ q).to(x2d.dtype)
+
+
+def _torch_quantize(z: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    zf = z.float()
+    amax = zf.abs().amax(dim=1) if z.shape[1] else zf.new_zeros(z.shape[0])
+    scale = amax / _QMAX
+    # scale == 0 only for an all-zero row, whose z / 1 = 0: no 0/0 anywhere.
+    v = (zf / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-_QMAX, _QMAX)
+    lo = torch.floor(v)
+    gen = torch.Generator(device=z.device).manual_seed(seed)
+    u = torch.rand(v.shape, generator=gen, device=z.device, dtype=torch.float32)
+    return (lo + (u < v - lo).float()).to(torch.int8), scale
+
+
+def torch_fused_project(
+    x2d: torch.Tensor, q_fwd: torch.Tensor, storage_bits: int = 16, seed: Optional[int] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """PyTorch reference of `fused_project` (same math, torch's RNG for the rounding)."""
+    z = _torch_project(x2d, q_fwd)
+    if storage_bits == 16:
+        return z, None
+    return _torch_quantize(z, _resolve_seed(seed))
+
+
+def torch_dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """PyTorch reference of `dequantize`: one float32 multiply, one cast."""
+    return (q.float() * scale[:, None]).to(dtype)
+
+
+# ----------------------------------------------------------------------------- public entry points
+def fused_project(
+    x2d: torch.Tensor,
+    q_fwd: torch.Tensor,
+    storage_bits: int = 16,
+    seed: Optional[int] = None,
+    kernel: str = "auto",
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Z = x2d @ q_fwd (float32 accumulation) as stored for the backward pass.
+
+    x2d: [N, n] float32/bfloat16/float16; q_fwd: [n, r] float32 (= [Q1 | c·Q2]).
+    storage_bits=16 -> (Z in x2d's dtype, None).
+    storage_bits=8  -> (int8 [N, r], float32 per-row scales [N]); E[q * scale] = Z.
+    seed: randomness of the stochastic rounding (Philox on GPU, torch.Generator in the
+    reference); None draws one from torch's default generator, so a checkpointed
+    recompute must pass the seed it drew.
+    """
+    _check_project_args(x2d, q_fwd, storage_bits, seed)
+    path = resolve_kernel(kernel, x2d.device)
+    if path == "torch":
+        return torch_fused_project(x2d, q_fwd, storage_bits, seed)
+    x2d, q_fwd = x2d.contiguous(), q_fwd.contiguous()
+    z = _triton_project(x2d, q_fwd)
+    if storage_bits == 16:
+        return z, None
+    return _triton_quantize(z, _resolve_seed(seed))
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, kernel: str = "auto") -> torch.Tensor:
+    """Z ≈ q * scale[:, None] in `dtype` (the inverse of 8-bit `fused_project`)."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 2 or q.dtype != torch.int8:
+        raise ValueError(f"q: expected a 2-D int8 tensor, got {_describe(q)}")
+    if not isinstance(scale, torch.Tensor) or scale.shape != (q.shape[0],) or scale.dtype != torch.float32:
+        raise ValueError(f"scale: expected float32 of shape ({q.shape[0]},), got {_describe(scale)}")
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"dtype={dtype}: accepted is one of {list(_FLOAT_DTYPES)}")
+    if resolve_kernel(kernel, q.device) == "torch":
+        return torch_dequantize(q, scale, dtype)
+    return _triton_dequantize(q.contiguous(), scale.contiguous(), dtype)
+
+
+def _resolve_seed(seed: Optional[int]) -> int:
+    if seed is None:
+        # Drawn from torch's default generator so torch.manual_seed reproduces it.
+        return int(torch.randint(0, 2**31 - 1, ()).item())
+    return seed
+
+
+def _check_project_args(x2d, q_fwd, storage_bits, seed) -> None:
+    if not isinstance(x2d, torch.Tensor) or x2d.dim() != 2 or x2d.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"x2d: expected a 2-D float32/bfloat16/float16 tensor [N, n], got {_describe(x2d)}")
+    if not isinstance(q_fwd, torch.Tensor) or q_fwd.dim() != 2 or q_fwd.dtype != torch.float32:
+        raise ValueError(f"q_fwd: expected a 2-D float32 tensor [n, r], got {_describe(q_fwd)}")
+    if q_fwd.shape[0] != x2d.shape[1]:
+        raise ValueError(f"q_fwd: has {q_fwd.shape[0]} rows but x2d has n={x2d.shape[1]} columns; they must match")
+    if q_fwd.device != x2d.device:
+        raise ValueError(f"q_fwd: on {q_fwd.device}, x2d on {x2d.device}; they must share a device")
+    if storage_bits not in (16, 8) or isinstance(storage_bits, bool):
+        raise ValueError(f"storage_bits={storage_bits!r}: accepted is 16 or 8")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r}: accepted is None or an integer in [0, 2**63)")
+
+
+def _describe(t) -> str:
+    if isinstance(t, torch.Tensor):
+        return f"{t.dtype} tensor of shape {tuple(t.shape)}"
+    return type(t).__name__

@@ -1,0 +1,79 @@
+"""Lean SwiGLU and GELU.
+
+HF's LlamaMLP saves the gate output, the SiLU output and the up output (3 x ffn per
+token); the lean SwiGLU saves gate and up only and recomputes SiLU in backward
+(2 x ffn), or their PRAC projections with compress_nonlinear.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from prac_dist.ops._saved import restored_input, stored_input
+
+__all__ = ["LeanSwiGLUFunction", "LeanGELUFunction", "lean_swiglu", "lean_gelu", "GELU_APPROXIMATIONS"]
+
+
+class LeanSwiGLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, g, u, comp_g, comp_u, n_g, *saved):
+        h = (F.silu(g.float()) * u.float()).to(g.dtype)
+        ctx.comps, ctx.n_g, ctx.shape, ctx.dtype = (comp_g, comp_u), n_g, g.shape, g.dtype
+        ctx.save_for_backward(*saved)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        saved = ctx.saved_tensors
+        comp_g, comp_u = ctx.comps
+        g = restored_input(saved[: ctx.n_g], comp_g, ctx.shape, ctx.dtype).float()
+        u = restored_input(saved[ctx.n_g:], comp_u, ctx.shape, ctx.dtype).float()
+        s = torch.sigmoid(g)
+        dhf = dh.float()
+        du = dhf * (g * s)
+        dg = dhf * u * (s * (1 + g * (1 - s)))
+        return (dg.to(ctx.dtype), du.to(ctx.dtype), None, None, None) + (None,) * len(saved)
+
+
+def lean_swiglu(g, u, comp_g=None, comp_u=None):
+    if not torch.is_grad_enabled():
+        return (F.silu(g.float()) * u.float()).to(g.dtype)
+    saved_g, saved_u = stored_input(g, comp_g), stored_input(u, comp_u)
+    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, len(saved_g), *saved_g, *saved_u)
+
+
+# HF activation names -> the GELU variant they compute.
+GELU_APPROXIMATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
+_K = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_grad(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    if approximate == "tanh":
+        t = torch.tanh(_K * (x + 0.044715 * x.pow(3)))
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _K * (1 + 3 * 0.044715 * x * x)
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return cdf + x * pdf
+
+
+class LeanGELUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, approximate, comp, *saved):
+        ctx.approximate, ctx.comp, ctx.shape, ctx.dtype = approximate, comp, x.shape, x.dtype
+        ctx.save_for_backward(*saved)
+        return F.gelu(x.float(), approximate=approximate).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x = restored_input(ctx.saved_tensors, ctx.comp, ctx.shape, ctx.dtype).float()
+        dx = dy.float() * _gelu_grad(x, ctx.approximate)
+        return (dx.to(ctx.dtype), None, None) + (None,) * len(ctx.saved_tensors)
+
+
+def lean_gelu(x, approximate="tanh", comp=None):
+    if not torch.is_grad_enabled():
+        return F.gelu(x.float(), approximate=approximate).to(x.dtype)
+    return LeanGELUFunction.apply(x, approximate, comp, *stored_input(x, comp))

@@ -1,0 +1,270 @@
+"""apply_prac / remove_prac / step and the PRAC state of a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from prac_dist.config import PRACConfig
+from prac_dist.core.subspace import Compressor
+from prac_dist.ops.activation import GELU_APPROXIMATIONS
+from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
+                                        linear_shape)
+from prac_dist.patching.registry import ARCHITECTURES, Architecture, supported_model_types
+
+__all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
+           "prac_stats", "is_prac_model", "get_prac_state", "PRACState"]
+
+_STATE_ATTR = "_prac_state"
+
+
+@dataclass
+class PRACState:
+    config: PRACConfig
+    compressors: Dict[str, Compressor] = field(default_factory=dict)
+    swaps: List[Tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
+    step: int = 0
+    fused_loss: bool = False
+
+
+def _is_conv1d(m: nn.Module) -> bool:
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def _is_linear(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or _is_conv1d(m)
+
+
+def _width(weight: torch.Tensor) -> int:
+    return int(getattr(weight, "ds_shape", weight.shape)[-1])
+
+
+def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool) -> Compressor:
+    r1, r2 = cfg.ranks(n, nonlinear)
+    if r1 + r2 == 0:
+        prefix = "nonlinear_" if nonlinear else ""
+        raise ValueError(
+            f"{name}: width n={n} is too small for {prefix}principal_ratio + {prefix}random_ratio = "
+            f"{getattr(cfg, prefix + 'principal_ratio') + getattr(cfg, prefix + 'random_ratio'):g} "
+            f"(r1 = r2 = 0); accepted is a ratio sum of at least {1.0 / n:.3g} for this layer, "
+            f"or leave it out of target_modules"
+        )
+    if nonlinear:  # see PRACConfig.nonlinear_principal_update_interval for why these differ
+        solver, t1, adaptive = cfg.nonlinear_principal_solver, cfg.nonlinear_principal_update_interval, "off"
+    else:
+        solver, t1, adaptive = cfg.principal_solver, cfg.principal_update_interval, cfg.adaptive_rank
+    return Compressor(name, n, r1, r2, seed=cfg.seed, per_rank_random=cfg.per_rank_random,
+                      storage_bits=cfg.storage_bits, solver=solver, kernel=cfg.kernel, adaptive=adaptive,
+                      adaptive_energy=cfg.adaptive_energy, t1=t1, t2=cfg.random_update_interval)
+
+
+def _swap(state: PRACState, parent: nn.Module, attr: str, new: nn.Module) -> None:
+    state.swaps.append((parent, attr, getattr(parent, attr)))
+    setattr(parent, attr, new)
+
+
+def _linear_groups(model: nn.Module, arch: Optional[Architecture], targets: Optional[set]):
+    """Yield (parent_name, parent, member names) for each group of sibling linears to share a basis."""
+    table = arch.linear_groups if arch is not None else ()
+    for pname, parent in model.named_modules():
+        children = dict(parent.named_children())
+        grouped = set()
+        for group in table:
+            members = tuple(n for n in group if n in children and (targets is None or n in targets))
+            if members and all(_is_linear(children[n]) for n in members):
+                grouped.update(members)
+                yield pname, parent, members
+        for cname in children:
+            if targets is not None and cname in targets and cname not in grouped:
+                yield pname, parent, (cname,)
+
+
+def _check_targets(model: nn.Module, targets: set) -> None:
+    found = {}
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if last in targets:
+            found.setdefault(last, module)
+    missing = sorted(targets - set(found))
+    if missing:
+        raise ValueError(f"PRACConfig.target_modules: {missing} match no module of this model; "
+                         f"accepted are names of its nn.Linear/Conv1D modules")
+    for last, module in found.items():
+        if not _is_linear(module):
+            raise ValueError(f"PRACConfig.target_modules: {last!r} is a {type(module).__name__}, which PRAC "
+                             f"cannot compress; accepted are nn.Linear and transformers Conv1D modules")
+
+
+def _attention_output_names(model: nn.Module, arch: Optional[Architecture], targets: Optional[set]):
+    """Attention-output linears to leave exact (see Architecture.attention_output)."""
+    if arch is None:
+        return ()
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl == "eager":  # eager attention keeps [B, H, S, hd] tensors: the reshape copies, so compress
+        return ()
+    return tuple(s for s in arch.attention_output if targets is None or s.rsplit(".", 1)[-1] not in targets)
+
+
+def _architecture(model: nn.Module, cfg: PRACConfig) -> Optional[Architecture]:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None and cfg.target_modules is None:
+        raise ValueError(f"apply_prac: model type {model_type!r} is not in the architecture table "
+                         f"(supported: {list(supported_model_types())}); pass PRACConfig.target_modules "
+                         f"with the names of the linear layers to compress")
+    return arch
+
+
+def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Module:
+    """Swap the model's linear (and norm/MLP) modules for PRAC ones, in place; same Parameters."""
+    cfg = config or PRACConfig()
+    if not isinstance(cfg, PRACConfig):
+        raise ValueError(f"apply_prac: config must be a PRACConfig, got {type(cfg).__name__}")
+    if is_prac_model(model):
+        raise ValueError("apply_prac: PRAC is already applied to this model; call remove_prac first")
+    arch = _architecture(model, cfg)
+    targets = set(cfg.target_modules) if cfg.target_modules is not None else None
+    if targets is not None:
+        _check_targets(model, targets)
+    state = PRACState(config=cfg)
+    transposed = bool(arch and arch.transposed)
+    exact = _attention_output_names(model, arch, targets)
+    for pname, parent, members in list(_linear_groups(model, arch, targets)):
+        if any(f"{pname}.{m}".endswith(suffix) for m in members for suffix in exact):
+            continue
+        first = getattr(parent, members[0])
+        n = linear_shape(first, transposed or _is_conv1d(first))[0]
+        gname = f"{pname}.{'+'.join(members)}" if pname else "+".join(members)
+        comp = _new_compressor(cfg, gname, n, nonlinear=False)
+        state.compressors[gname] = comp
+        for member in members:
+            module = getattr(parent, member)
+            _swap(state, parent, member, PRACLinear(module, comp, transposed=_is_conv1d(module)))
+    if arch is not None:
+        _patch_nonlinear(model, arch, cfg, state)
+    model.__dict__[_STATE_ATTR] = state
+    if cfg.fused_loss:
+        state.fused_loss = _install_fused_loss(model)
+    return model
+
+
+def _install_fused_loss(model: nn.Module) -> bool:
+    try:
+        from prac_dist.loss import install_fused_loss
+    except ImportError:  # pragma: no cover - the loss package ships with prac_dist
+        return False
+    return bool(install_fused_loss(model))
+
+
+def _patch_nonlinear(model: nn.Module, arch: Architecture, cfg: PRACConfig, state: PRACState) -> None:
+    compress = cfg.compress_nonlinear
+    hidden_act = getattr(getattr(model, "config", None), "hidden_act", None)
+    activation = getattr(getattr(model, "config", None), "activation_function", None)
+
+    def comp_for(name: str, n: int) -> Optional[Compressor]:
+        if not compress:
+            return None
+        c = _new_compressor(cfg, name, n, nonlinear=True)
+        state.compressors[name] = c
+        return c
+
+    for pname, parent in list(model.named_modules()):
+        for cname, child in list(parent.named_children()):
+            name = f"{pname}.{cname}" if pname else cname
+            kind = type(child).__name__
+            if arch.norm == "rms" and kind.endswith("RMSNorm") and getattr(child, "weight", None) is not None:
+                _swap(state, parent, cname, PRACRMSNorm(child, comp_for(name, _width(child.weight))))
+            elif arch.norm == "layer" and isinstance(child, nn.LayerNorm) and compress:
+                _swap(state, parent, cname, PRACLayerNorm(child, comp_for(name, int(child.normalized_shape[-1]))))
+            elif (arch.mlp == "swiglu" and hidden_act in ("silu", "swish")
+                  and all(hasattr(child, a) for a in ("gate_proj", "up_proj", "down_proj"))):
+                ffn = linear_shape(child.gate_proj, False)[1]
+                new = PRACSwiGLUMLP(child, comp_for(f"{name}.gate_out", ffn), comp_for(f"{name}.up_out", ffn))
+                _swap(state, parent, cname, new)
+            elif (arch.activation == cname and activation in GELU_APPROXIMATIONS and hasattr(parent, "c_fc")):
+                width = linear_shape(parent.c_fc, True)[1]
+                _swap(state, parent, cname, PRACGELU(child, GELU_APPROXIMATIONS[activation], comp_for(name, width)))
+
+
+def get_prac_state(model: nn.Module) -> Optional[PRACState]:
+    """The PRAC state of a model, also through DeepSpeed / DDP wrappers (`.module`)."""
+    seen = 0
+    while model is not None and seen < 4:
+        state = model.__dict__.get(_STATE_ATTR)
+        if state is not None:
+            return state
+        model = getattr(model, "module", None)
+        seen += 1
+    return None
+
+
+def _require_state(model: nn.Module, caller: str) -> PRACState:
+    state = get_prac_state(model)
+    if state is None:
+        raise ValueError(f"{caller}: PRAC is not applied to this model; call apply_prac(model, config) first")
+    return state
+
+
+def is_prac_model(model: nn.Module) -> bool:
+    return get_prac_state(model) is not None
+
+
+def remove_prac(model: nn.Module) -> nn.Module:
+    """Put the original modules back (the same Parameter objects); drop the PRAC state."""
+    state = _require_state(model, "remove_prac")
+    if state.fused_loss:
+        from prac_dist.loss import uninstall_fused_loss
+
+        uninstall_fused_loss(model)
+    for parent, attr, original in reversed(state.swaps):
+        setattr(parent, attr, original)
+    owner = model
+    while _STATE_ATTR not in owner.__dict__:
+        owner = owner.module
+    del owner.__dict__[_STATE_ATTR]
+    return model
+
+
+def step(model: nn.Module) -> None:
+    """Advance the subspace schedule by one optimizer step (Q1 due every T1 steps, Q2 every T2)."""
+    state = _require_state(model, "step")
+    state.step += 1
+    for comp in state.compressors.values():
+        comp.mark(state.step)
+
+
+def hook_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """Make `optimizer.step()` also advance the PRAC schedule; returns a removable handle."""
+    _require_state(model, "hook_optimizer")
+    return optimizer.register_step_post_hook(lambda *_: step(model))
+
+
+def prac_state_dict(model: nn.Module) -> dict:
+    """Everything a resumed run needs to continue exactly: counters, bases, draw indices."""
+    state = _require_state(model, "prac_state_dict")
+    return {
+        "step": state.step,
+        "config": state.config.to_dict(),
+        "compressors": {name: comp.state_dict() for name, comp in state.compressors.items()},
+    }
+
+
+def load_prac_state_dict(model: nn.Module, sd: dict) -> None:
+    state = _require_state(model, "load_prac_state_dict")
+    saved, here = set(sd["compressors"]), set(state.compressors)
+    if saved != here:
+        raise ValueError(f"PRAC state does not match this model: only in checkpoint {sorted(saved - here)[:5]}, "
+                         f"only in model {sorted(here - saved)[:5]}")
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    for name, comp in state.compressors.items():
+        comp.load_state_dict(sd["compressors"][name], device=device)
+    state.step = int(sd["step"])
+
+
+def prac_stats(model: nn.Module) -> Dict[str, float]:
+    """Share of ‖X‖²_F the principal subspace captured at its last refresh, per basis group."""
+    state = _require_state(model, "prac_stats")
+    return {name: comp.energy for name, comp in state.compressors.items() if comp.energy is not None}

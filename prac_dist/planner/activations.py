@@ -1,0 +1,161 @@
+"""Bytes saved for backward, as formulas of the model shape (no measurement at plan time).
+
+Per token, per module type, for Hugging Face LLaMA-family and GPT-2 models with SDPA
+attention (b = bytes of the model dtype). The terms were read off what HF and prac_dist
+actually save (a saved-tensor hook, transformers 5.x, torch 2.13; see
+benchmarks/planner_accuracy.py, which checks the totals against measure_saved_bytes):
+
+LLaMA decoder layer, HF:
+  RMSNorm (x2)        x.float() (4d) + rstd (4) + normalised x in the model dtype (bd)
+  q/k/v input         bd (one tensor, read by all three)
+  SDPA                q, k, v, output (b(2d + 2 kv_dim)) + float32 logsumexp per head (4h);
+                      o_proj's input is a view of the SDPA output: nothing extra
+  gate/up input       bd
+  SwiGLU              gate out, SiLU out, up out, down_proj input (4bf)
+GPT-2 block, HF:
+  LayerNorm (x2)      input (bd) + mean, rstd (2 x 4 on CUDA; 2 x b on CPU, under 0.02% here)
+  c_attn input        bd;  SDPA: 6bd + 4h (q copy, the 3d qkv storage k/v view, out, one more d)
+  c_fc input          bd;  GELU (tanh form, elementwise): 4bf;  c_proj input: bf
+prac_dist (apply_prac): linear inputs become Z = X[Q1|cQ2] (r1 + r2 columns), one per group of
+linears reading the same tensor; norms keep rstd (and mean) in float32 plus their input, exact or
+compressed (compress_nonlinear); SwiGLU keeps gate and up outputs (SiLU recomputed), GELU its input;
+the attention-output linear stays exact (it shares SDPA's storage). 8-bit storage: 1 byte per
+coordinate plus a float32 scale per row.
+Head: HF keeps the lm_head input (bd), the float32 log-softmax (4V) and the shifted labels (8);
+the fused loss keeps the input, labels (8) and a float32 logsumexp (4).
+A checkpointed layer keeps only its input (bd) until its recompute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+from .presets import ModelShape
+
+__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "ranks"]
+
+_STAT = 4  # float32 per-row norm statistic (rstd, mean)
+_INT64 = 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the plan: what to compress and which layers to checkpoint."""
+
+    prac: bool = False
+    principal_ratio: float = 0.3
+    random_ratio: float = 0.3
+    nonlinear_principal_ratio: float = 0.2
+    nonlinear_random_ratio: float = 0.2
+    compress_nonlinear: bool = True
+    storage_bits: int = 16
+    fused_loss: bool = False
+    checkpoint_every: int = 0
+    """0: no activation checkpointing; k: checkpoint layers 0, k, 2k, ... (k = 1: all)."""
+
+    def checkpointed_layers(self, layers: int) -> int:
+        if self.checkpoint_every <= 0:
+            return 0
+        return (layers + self.checkpoint_every - 1) // self.checkpoint_every
+
+    def label(self) -> str:
+        parts = []
+        if self.prac:
+            parts.append(f"PRAC {self.principal_ratio:g}/{self.random_ratio:g}")
+            parts.append(f"nl {self.nonlinear_principal_ratio:g}/{self.nonlinear_random_ratio:g}"
+                         if self.compress_nonlinear else "nl exact")
+            if self.storage_bits == 8:
+                parts.append("int8")
+        else:
+            parts.append("baseline")
+        if self.fused_loss:
+            parts.append("fused loss")
+        if self.checkpoint_every == 1:
+            parts.append("ckpt all")
+        elif self.checkpoint_every > 1:
+            parts.append(f"ckpt every {self.checkpoint_every}")
+        return ", ".join(parts)
+
+    def prac_config_dict(self) -> Dict[str, object]:
+        """The PRACConfig fields of this setting (empty for the baseline)."""
+        if not self.prac:
+            return {}
+        return {"principal_ratio": self.principal_ratio, "random_ratio": self.random_ratio,
+                "nonlinear_principal_ratio": self.nonlinear_principal_ratio,
+                "nonlinear_random_ratio": self.nonlinear_random_ratio,
+                "compress_nonlinear": self.compress_nonlinear, "storage_bits": self.storage_bits,
+                "fused_loss": self.fused_loss}
+
+
+def ranks(n: int, principal: float, random: float) -> int:
+    """r1 + r2 exactly as PRACConfig.ranks computes them (floor, with the same epsilon)."""
+    return int(principal * n + 1e-9) + int(random * n + 1e-9)
+
+
+def _z(n: int, s: Setting, b: int, nonlinear: bool) -> int:
+    """Bytes per token of a compressed width-n input."""
+    if nonlinear:
+        r = ranks(n, s.nonlinear_principal_ratio, s.nonlinear_random_ratio)
+    else:
+        r = ranks(n, s.principal_ratio, s.random_ratio)
+    return r + 4 if s.storage_bits == 8 else r * b
+
+
+def _nl(n: int, s: Setting, b: int) -> int:
+    """Bytes per token of a nonlinear layer's saved input under PRAC."""
+    return _z(n, s, b, nonlinear=True) if s.compress_nonlinear else n * b
+
+
+def layer_saved_bytes_per_token(shape: ModelShape, s: Setting, b: int) -> Dict[str, int]:
+    """Bytes per token one (not checkpointed) decoder layer saves, by module type."""
+    d, f, h = shape.hidden, shape.ffn, shape.heads
+    if shape.family == "llama":
+        attn = b * (2 * d + 2 * shape.kv_dim) + 4 * h
+        if not s.prac:
+            return {"norm": 2 * (4 * d + b * d + _STAT), "linear_input": 2 * b * d, "attention": attn,
+                    "mlp": 4 * b * f}
+        return {"norm": 2 * (_STAT + _nl(d, s, b)), "linear_input": 2 * _z(d, s, b, False) + _z(f, s, b, False),
+                "attention": attn, "mlp": 2 * _nl(f, s, b)}
+    attn = 6 * b * d + 4 * h
+    if not s.prac:
+        return {"norm": 2 * (b * d + 2 * _STAT), "linear_input": 2 * b * d + b * f, "attention": attn,
+                "mlp": 4 * b * f}
+    return {"norm": 2 * (2 * _STAT + _nl(d, s, b)), "linear_input": 2 * _z(d, s, b, False) + _z(f, s, b, False),
+            "attention": attn, "mlp": _nl(f, s, b)}
+
+
+def _final_norm_per_token(shape: ModelShape, s: Setting, b: int) -> int:
+    d = shape.hidden
+    stats = _STAT if shape.family == "llama" else 2 * _STAT
+    if s.prac:
+        return stats + _nl(d, s, b)
+    return 4 * d + b * d + _STAT if shape.family == "llama" else b * d + 2 * _STAT
+
+
+def _head_per_token(shape: ModelShape, s: Setting, b: int) -> int:
+    if s.fused_loss:
+        return b * shape.hidden + _INT64 + 4
+    return b * shape.hidden + 4 * shape.vocab + _INT64
+
+
+def saved_bytes(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b: int) -> Dict[str, int]:
+    """Total bytes saved for backward by one forward + loss of a micro-batch, by component."""
+    n = micro_batch * seq_len
+    per_layer = layer_saved_bytes_per_token(shape, s, b)
+    ckpt = s.checkpointed_layers(shape.layers)
+    plain = shape.layers - ckpt
+    out = {f"layers.{k}": plain * v * n for k, v in per_layer.items()}
+    out["checkpointed_inputs"] = ckpt * b * shape.hidden * n
+    out["embedding"] = _INT64 * n  # the input ids (the embedding's indices)
+    out["final_norm"] = _final_norm_per_token(shape, s, b) * n
+    out["head"] = _head_per_token(shape, s, b) * n
+    # Batch-independent: LLaMA's rotary cos and sin (seq x head_dim each, one copy for all layers);
+    # GPT-2's position ids. Plus the loss's scalar divisor.
+    if shape.family == "llama":
+        # cos/sin are saved by the rotary multiply of a layer that is not checkpointed.
+        out["constant"] = 2 * seq_len * (shape.hidden // shape.heads) * b if plain else 0
+    else:
+        out["constant"] = _INT64 * seq_len
+    out["constant"] += _INT64 if s.fused_loss else 4
+    return out

@@ -1,0 +1,345 @@
+"""Typed settings of a prac-train run: a YAML preset plus command-line overrides.
+
+Each section is a dataclass whose fields are the only accepted keys, so a
+misspelled key or a wrong type is a `ConfigError` naming `section.key`, never a
+silent default. The `prac:` section is `prac_dist.PRACConfig` itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import yaml
+
+from prac_dist.config import PRACConfig
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "LoopConfig",
+    "BackendConfig",
+    "TrainConfig",
+    "load_config",
+    "parse_override",
+]
+
+
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class ConfigError(ValueError):
+    """Bad user input (config, data, paths): prac-train prints it on one line and exits with status 2."""
+
+
+@dataclass
+class ModelConfig:
+    preset: Optional[str] = "llama_tiny"
+    """A built-in shape (llama_tiny, llama_60m, llama_130m, llama_350m, llama_1b, llama_7b); null with name_or_path."""
+    name_or_path: Optional[str] = None
+    """A local Hugging Face model directory (config.json, optionally weights): any causal LM."""
+    from_pretrained: bool = False
+    """With name_or_path: load the weights (fine-tuning); false builds the architecture from config (pre-training)."""
+    vocab_size: Optional[int] = None
+    """Override the preset's vocabulary size (GaLore's presets use 32000, the T5 tokenizer)."""
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    """Fields of the Hugging Face config to change, e.g. {num_hidden_layers: 2}; each must exist."""
+    attn_implementation: str = "sdpa"
+    """'sdpa' or 'eager' (Hugging Face attention implementation)."""
+
+
+@dataclass
+class DataConfig:
+    train_files: Optional[List[str]] = None
+    """Local .txt / .json / .jsonl files; 'bundled:wikitext-2/valid.txt' names a file shipped with prac_dist.
+    null (and no dataset) = the bundled WikiText-2: valid.txt to train, test.txt held out."""
+    eval_files: Optional[List[str]] = None
+    """Held-out files; empty with no eval_split -> the last eval_fraction of the training sequences."""
+    dataset: Optional[str] = None
+    """A datasets name (e.g. allenai/c4) or a local dataset directory, instead of train_files."""
+    dataset_config: Optional[str] = None
+    """The datasets configuration name (e.g. 'en' for C4)."""
+    train_split: str = "train"
+    eval_split: Optional[str] = "validation"
+    text_field: str = "text"
+    """Column holding the text in JSON files and datasets."""
+    streaming: bool = False
+    """Stream the dataset instead of tokenising it all up front (large corpora such as C4)."""
+    shuffle_buffer: int = 10000
+    """Streaming only: documents in the shuffle buffer."""
+    tokenizer: str = "bundled:gpt2"
+    """'bundled:gpt2' (GPT-2 BPE shipped with prac_dist) or a Hugging Face tokenizer name or path."""
+    seq_len: int = 128
+    """Tokens per packed training sequence."""
+    eval_fraction: float = 0.05
+    """Share of the training sequences held out when there is no eval_files / eval_split."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: Tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Maximum global gradient norm; 0 disables clipping."""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    """Cosine schedule floor as a fraction of lr."""
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int = 100
+    """Optimizer steps."""
+    micro_batch_size: int = 8
+    """Sequences per micro-batch per rank."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    eval_every: int = 50
+    """Evaluate every N optimizer steps (and at the end); 0 = only at the end."""
+    eval_batches: int = 16
+    """Micro-batches per evaluation (per rank); 0 = the whole held-out split."""
+    log_every: int = 1
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (and at the end); 0 = only at the end."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    output_dir: str = "runs/prac-train"
+    seed: int = 0
+    device: Optional[str] = None
+    """'cpu', 'cuda' or 'cuda:N'; null = CUDA when available."""
+    precision: Optional[str] = None
+    """'bf16' (autocast) or 'fp32'; null = bf16 on GPU, fp32 on CPU."""
+    measure_memory: bool = True
+    """Measure the bytes saved for backward on one micro-batch at the start (with and without PRAC)."""
+    threads: Optional[int] = None
+    """torch CPU threads; null = torch's default."""
+
+
+@dataclass
+class BackendConfig:
+    kind: str = "local"
+    """'local' (one process), 'deepspeed' or 'fsdp'; --deepspeed / --fsdp select them."""
+    deepspeed_config: Optional[str] = None
+    """Path of the DeepSpeed JSON (ZeRO stage, precision, ...)."""
+    fsdp_mixed_precision: str = "fp32"
+    """FSDP2 parameter dtype: 'bf16' or 'fp32'."""
+    fsdp_cpu_offload: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    prac: Optional[PRACConfig] = field(default_factory=PRACConfig)
+    """null = baseline (no compression); a mapping of PRACConfig fields otherwise."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {}
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            out[name] = dataclasses.asdict(section)
+        out["optim"]["betas"] = list(self.optim.betas)
+        out["prac"] = None if self.prac is None else self.prac.to_dict()
+        return out
+
+    def validate(self) -> "TrainConfig":
+        _validate_values(self)
+        return self
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": LoopConfig,
+    "backend": BackendConfig,
+}
+
+
+def load_config(path: Optional[str], overrides: Mapping[str, Any] = ()) -> TrainConfig:
+    """Read a YAML preset (or the defaults when path is None), then apply dotted overrides.
+
+    `overrides` maps 'section.key' to an already-typed value (see `parse_override`).
+    """
+    raw: Dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in dict(overrides).items():
+        section, _, key = dotted.partition(".")
+        if section == "prac" and not key:
+            raw["prac"] = value
+            continue
+        if not key:
+            raise ConfigError(f"override {dotted!r}: expected section.key=value, e.g. train.max_steps=200")
+        target = raw.setdefault(section, {})
+        if target is None and section == "prac":
+            target = raw["prac"] = {}
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {dotted!r}: section {section!r} is not a mapping in the config")
+        target[key] = value
+    return from_dict(raw).validate()
+
+
+def from_dict(raw: Mapping[str, Any]) -> TrainConfig:
+    known = sorted(list(_SECTIONS) + ["prac"])
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{name}: unknown section; accepted sections are {known}")
+    kwargs: Dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        kwargs[name] = _build_section(cls, raw.get(name) or {}, name)
+    if "prac" in raw and raw["prac"] is None:
+        kwargs["prac"] = None
+    else:
+        try:
+            kwargs["prac"] = PRACConfig.from_dict(raw.get("prac") or {}, where="prac")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return TrainConfig(**kwargs)
+
+
+def _build_section(cls, data: Any, where: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}.{key}: unknown key; accepted keys are {sorted(names)}")
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against the annotation; ints are accepted for floats, tuples come from lists."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(where, value, "true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(where, value, "an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML (YAML 1.1) reads `3e-4` (no dot) as a string; it is meant as a number.
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            return float(value)
+        raise _type_error(where, value, "a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(where, value, "a string")
+    if origin in (list, List):
+        if isinstance(value, str):
+            value = [value]  # one file is a list of one
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(where, value, "a list")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise _type_error(where, value, f"a list of {len(args)} numbers")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (dict, Dict):
+        if not isinstance(value, Mapping):
+            raise _type_error(where, value, "a mapping")
+        return dict(value)
+    raise AssertionError(f"untyped config field {where}: {hint}")  # pragma: no cover
+
+
+def _type_error(where: str, value: Any, expected: str) -> ConfigError:
+    return ConfigError(f"{where}={value!r} has the wrong type ({type(value).__name__}): accepted is {expected}")
+
+
+def _validate_values(cfg: TrainConfig) -> None:
+    def need(cond: bool, where: str, value: Any, accepted: str) -> None:
+        if not cond:
+            raise ConfigError(f"{where}={value!r}: accepted is {accepted}")
+
+    t, o, d, m, b = cfg.train, cfg.optim, cfg.data, cfg.model, cfg.backend
+    if d.train_files is None and d.dataset is None:
+        d.train_files = ["bundled:wikitext-2/valid.txt"]
+        if d.eval_files is None:
+            d.eval_files = ["bundled:wikitext-2/test.txt"]
+    d.train_files = d.train_files or []
+    d.eval_files = d.eval_files or []
+    need(t.max_steps >= 1, "train.max_steps", t.max_steps, "an integer >= 1")
+    need(t.micro_batch_size >= 1, "train.micro_batch_size", t.micro_batch_size, "an integer >= 1")
+    need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "an integer >= 1")
+    for name in ("eval_every", "eval_batches", "save_every"):
+        need(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "an integer >= 0")
+    need(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
+    need(t.precision in (None, "bf16", "fp32"), "train.precision", t.precision, "'bf16', 'fp32' or null")
+    need(t.device is None or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
+         "'cpu', 'cuda', 'cuda:N' or null")
+    need(t.threads is None or t.threads >= 1, "train.threads", t.threads, "an integer >= 1 or null")
+    need(o.lr > 0, "optim.lr", o.lr, "a number > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    need(all(0 <= x < 1 for x in o.betas), "optim.betas", list(o.betas), "two numbers in [0, 1)")
+    need(o.eps > 0, "optim.eps", o.eps, "a number > 0")
+    need(o.grad_clip >= 0, "optim.grad_clip", o.grad_clip, "a number >= 0 (0 disables clipping)")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "an integer >= 0")
+    need(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
+    need(d.seq_len >= 2, "data.seq_len", d.seq_len, "an integer >= 2")
+    need(0 < d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "a number in (0, 1)")
+    need(d.shuffle_buffer >= 1, "data.shuffle_buffer", d.shuffle_buffer, "an integer >= 1")
+    need(bool(d.train_files) != bool(d.dataset), "data.dataset", d.dataset,
+         "exactly one of data.train_files and data.dataset")
+    need(not (d.streaming and not d.dataset), "data.streaming", d.streaming, "true only with data.dataset")
+    need((m.preset is None) != (m.name_or_path is None), "model.preset", m.preset,
+         "exactly one of model.preset and model.name_or_path")
+    need(not (m.from_pretrained and m.name_or_path is None), "model.from_pretrained", m.from_pretrained,
+         "true only with model.name_or_path")
+    need(m.vocab_size is None or m.vocab_size >= 2, "model.vocab_size", m.vocab_size, "an integer >= 2 or null")
+    need(m.attn_implementation in ("sdpa", "eager"), "model.attn_implementation", m.attn_implementation,
+         "'sdpa' or 'eager'")
+    need(b.kind in ("local", "deepspeed", "fsdp"), "backend.kind", b.kind, "'local', 'deepspeed' or 'fsdp'")
+    need(not (b.kind == "deepspeed" and not b.deepspeed_config), "backend.deepspeed_config",
+         b.deepspeed_config, "a DeepSpeed JSON path when backend.kind is deepspeed")
+    need(b.fsdp_mixed_precision in ("bf16", "fp32"), "backend.fsdp_mixed_precision", b.fsdp_mixed_precision,
+         "'bf16' or 'fp32'")
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003): the value is read as YAML, so types follow YAML rules."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set optim.lr=3e-4")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,112 @@
+"""Triton lean RMSNorm and SwiGLU vs their PyTorch references, forward and backward.
+
+Run by test_kernels_triton.py in a subprocess with TRITON_INTERPRET=1 (see there why),
+or directly on a GPU box: `pytest tests/kernels/interp_norm_act.py`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from _kernels_testutil import DTYPES, U32, assert_within, kernel_device
+from prac_dist.kernels import rmsnorm_backward, rmsnorm_forward, swiglu_backward, swiglu_forward
+from prac_dist.kernels.rmsnorm import RMSNormFunction, torch_rmsnorm_backward, torch_rmsnorm_forward
+from prac_dist.kernels.swiglu import SwiGLUFunction, torch_swiglu_backward, torch_swiglu_forward
+
+DEVICE = kernel_device()
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs a GPU or TRITON_INTERPRET=1 set before triton is imported", allow_module_level=True)
+
+EPS = 1e-6
+SHAPES = [(N, n) for N in (1, 7, 129) for n in (17, 64, 250)]
+
+
+def _rand(*shape, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,n", SHAPES)
+def test_rmsnorm_forward_matches_reference(N, n, dtype):
+    x, w = _rand(N, n, dtype=dtype, seed=N + n), _rand(n, dtype=dtype, seed=n)
+    y, rstd = rmsnorm_forward(x, w, EPS, kernel="triton")
+    y_ref, rstd_ref = torch_rmsnorm_forward(x, w, EPS)
+    # rstd: float32 sum of n squares in another order, then sqrt and division (each
+    # correctly rounded): relative error <= (n + 2)·u.
+    assert_within(rstd, rstd_ref, (n + 2) * U32 * rstd_ref.abs(), ulps=0, what="rstd")
+    # y: float32 error of rstd carried through; for bf16 two roundings (x·rstd, then ·w)
+    # may each land on the other neighbour (interpreter truncates, torch rounds to
+    # nearest): 1.5 ulp of x_norm scaled by |w| (<= 3 ulp of y, since ulp(w·a) >= |w|·ulp(a)/2)
+    # plus 1.5 ulp of y.
+    bound = (n + 4) * U32 * y_ref.float().abs()
+    assert_within(y, y_ref, bound, ulps=4.5, what="y")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,n", SHAPES)
+def test_rmsnorm_backward_matches_reference(N, n, dtype):
+    x, w = _rand(N, n, dtype=dtype, seed=N * n), _rand(n, dtype=dtype, seed=n + 1)
+    dy = _rand(N, n, dtype=dtype, seed=N + 2 * n)
+    _, rstd = torch_rmsnorm_forward(x, w, EPS)
+    dx, dw = rmsnorm_backward(dy, x, w, rstd, kernel="triton")
+    dx_ref, dw_ref = torch_rmsnorm_backward(dy, x, w, rstd)
+    # dx = rstd·(g - x̂·mean(g·x̂)): the float32 error is bounded by (n + 4)·u times the
+    # magnitudes that enter it, |rstd|·(|g| + |x̂|·mean|g·x̂|), not by |dx| (cancellation).
+    xh = x.float() * rstd[:, None]
+    g = dy.float() * w.float()
+    scale = rstd[:, None] * (g.abs() + xh.abs() * (g * xh).abs().mean(-1, keepdim=True))
+    assert_within(dx, dx_ref, (n + 4) * U32 * scale, ulps=1.5, what="dx")
+    # dw: a float32 sum over N rows of dy·x̂ (x̂ rounded to x's dtype: 1.5 ulp apart under
+    # the interpreter, weighted by |dy|), then one rounding to w's dtype.
+    terms = dy.float().abs() * xh.to(dtype).float().abs()
+    bound = (N + 2) * U32 * terms.sum(0)
+    if dtype != torch.float32:
+        bound = bound + 1.5 * (dy.float().abs() * (2.0**-7) * xh.abs()).sum(0)
+    assert_within(dw, dw_ref, bound, ulps=1.5, what="dw")
+
+
+def test_rmsnorm_function_gradients():
+    # The autograd.Function wiring: gradients equal the references' (float32, exact ops).
+    x = _rand(3, 5, 64, dtype=torch.float32, seed=9).requires_grad_()
+    w = _rand(64, dtype=torch.float32, seed=10).requires_grad_()
+    dy = _rand(3, 5, 64, dtype=torch.float32, seed=11)
+    RMSNormFunction.apply(x, w, EPS, "triton").backward(dy)
+    _, rstd = torch_rmsnorm_forward(x.detach().reshape(-1, 64), w.detach(), EPS)
+    dx_ref, dw_ref = torch_rmsnorm_backward(dy.reshape(-1, 64), x.detach().reshape(-1, 64), w.detach(), rstd)
+    torch.testing.assert_close(x.grad.reshape(-1, 64), dx_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w.grad, dw_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1,), (7, 17), (129, 250), (3, 5, 64), (1, 2049)])
+def test_swiglu_matches_reference(shape, dtype):
+    g, u = _rand(*shape, dtype=dtype, seed=1), _rand(*shape, dtype=dtype, seed=2)
+    dh = _rand(*shape, dtype=dtype, seed=3)
+    h = swiglu_forward(g, u, kernel="triton")
+    # Elementwise float32 math, only sigmoid's implementation differs (exp + divide,
+    # a few ulp): 8 u relative; bf16 outputs may round to the other neighbour: 1.5 ulp.
+    ref = torch_swiglu_forward(g, u)
+    assert_within(h, ref, 8 * U32 * ref.float().abs(), ulps=1.5, what="h")
+    dg, du = swiglu_backward(dh, g, u, kernel="triton")
+    dg_ref, du_ref = torch_swiglu_backward(dh, g, u)
+    gf, uf, dhf = g.float(), u.float(), dh.float()
+    # dg = dh·u·σ(1 + g(1 - σ)): 1 + g(1 - σ) can cancel for g < 0, so bound by the magnitudes
+    # of its terms, not by |dg|.
+    s = torch.sigmoid(gf)
+    dg_scale = (dhf * uf * s).abs() * (1 + (gf * (1 - s)).abs())
+    assert_within(dg, dg_ref, 16 * U32 * dg_scale, ulps=1.5, what="dg")
+    assert_within(du, du_ref, 8 * U32 * du_ref.float().abs(), ulps=1.5, what="du")
+
+
+def test_swiglu_function_gradients():
+    g = _rand(4, 33, dtype=torch.float32, seed=4).requires_grad_()
+    u = _rand(4, 33, dtype=torch.float32, seed=5).requires_grad_()
+    dh = _rand(4, 33, dtype=torch.float32, seed=6)
+    SwiGLUFunction.apply(g, u, "triton").backward(dh)
+    dg_ref, du_ref = torch_swiglu_backward(dh, g.detach(), u.detach())
+    torch.testing.assert_close(g.grad, dg_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(u.grad, du_ref, rtol=1e-5, atol=1e-6)
