@@ -9,6 +9,8 @@
 #   MASTER_ADDR     rendezvous host, reachable from every node [127.0.0.1]
 #   MASTER_PORT     rendezvous port on MASTER_ADDR [29500]
 #   RDZV_ID         job id, the same on every node [$SLURM_JOB_ID or prac]
+#   LOCAL_ADDR      this node's address as the other nodes reach it [torchrun: the node's FQDN];
+#                   set it where the hostname does not resolve to that address
 #   BACKEND         fsdp | deepspeed [fsdp]
 #   CONFIG          prac-train YAML [configs/train/llama_tiny.yaml]
 #   DS_CONFIG       DeepSpeed JSON when BACKEND=deepspeed [configs/ds/zero2.json]
@@ -44,6 +46,7 @@ BACKEND=${BACKEND:-fsdp}
 CONFIG=${CONFIG:-configs/train/llama_tiny.yaml}
 DS_CONFIG=${DS_CONFIG:-configs/ds/zero2.json}
 PRAC_TRAIN=${PRAC_TRAIN:-prac-train}
+LOCAL_ADDR=${LOCAL_ADDR:-}
 
 for name in NNODES NPROC_PER_NODE MASTER_PORT; do
     if [[ ! ${!name} =~ ^[1-9][0-9]*$ ]]; then
@@ -66,6 +69,8 @@ if ((NNODES == 1)); then
     cmd+=(--standalone)
 else
     cmd+=(--rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$RDZV_ID")
+    # Rank 0's node address becomes every worker's MASTER_ADDR; torchrun's default is its FQDN.
+    if [[ -n $LOCAL_ADDR ]]; then cmd+=(--local-addr "$LOCAL_ADDR"); fi
 fi
 cmd+=(--no-python "$PRAC_TRAIN" --config "$CONFIG" "${backend_args[@]}" "$@")
 

@@ -13,9 +13,11 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,31 @@ def _port(low: int = 0, high: int = 0) -> int:
 
 def _check(proc: subprocess.CompletedProcess, what: str) -> None:
     assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+def _run_all(cmds: list, logs: Path, timeout: float, what: str, expect: int = 0, envs=None) -> None:
+    """Start every command at once and wait for all to exit with `expect`; else show every one's output.
+
+    Output goes to files (a pipe nobody reads can fill and stall a process) and each command gets
+    its own session, so a hung torchrun agent is killed together with its workers.
+    """
+    procs, paths = [], [logs / f"{what.replace(' ', '_')}{i}.log" for i in range(len(cmds))]
+    for i, (cmd, path) in enumerate(zip(cmds, paths)):
+        with open(path, "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(**(envs[i] if envs else {})), stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            p.returncode = "hung, killed"
+    if any(p.returncode != expect for p in procs):
+        report = "\n".join(f"--- {what} {i}: returncode {p.returncode}\n{path.read_text()[-5000:]}"
+                           for i, (p, path) in enumerate(zip(procs, paths)))
+        raise AssertionError(f"{what}s did not all exit with {expect} within {timeout} s:\n{report}")
 
 
 @pytest.fixture(scope="module")
@@ -117,26 +144,24 @@ def test_kill_and_resume_two_nodes_matches_uninterrupted(suite, tmp_path):
     # 1. "SLURM": two plain processes with only SLURM_* set; env discovery derives rank, world size,
     #    MASTER_ADDR (first host of the node list) and MASTER_PORT (from the job id).
     port = _port(20000, 30000)  # env.py derives MASTER_PORT = 20000 + SLURM_JOB_ID % 10000
-    procs = [subprocess.Popen([sys.executable, WORKER, "--mode", "kill", "--ckpt", str(ckpt)], cwd=ROOT,
-                              env=_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
-                                       SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID=str(port - 20000)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == -9, f"expected SIGKILL, got {p.returncode}:\n{err[-4000:]}"
+    envs = [dict(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r), SLURM_JOB_NODELIST="localhost",
+                 SLURM_JOB_ID=str(port - 20000)) for r in range(2)]
+    _run_all([[sys.executable, WORKER, "--mode", "kill", "--ckpt", str(ckpt)]] * 2, tmp_path, timeout=300,
+             what="killed rank", expect=-signal.SIGKILL, envs=envs)
     assert (ckpt / "trainer.pt").is_file()
     # 2. Resume as a two-node job: two torchrun agents, one process each, c10d rendezvous.
+    #    Both "nodes" are this machine, so each agent is told so explicitly: --local-addr makes the
+    #    workers' MASTER_ADDR 127.0.0.1 (torchrun otherwise publishes rank 0's socket.getfqdn(), which
+    #    on a CI runner need not resolve to an address this machine listens on; one CI run hung here
+    #    for 300 s), and is_host picks the store's host instead of racing both agents for the port.
     out = tmp_path / "resume.json"
     endpoint = f"127.0.0.1:{_port()}"
-    agents = [subprocess.Popen(TORCHRUN + ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-                                           "--rdzv-endpoint", endpoint, "--rdzv-id", "prac-fsdp-test", WORKER,
-                                           "--mode", "resume", "--ckpt", str(ckpt), "--out", str(out)],
-                               cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for _ in range(2)]
-    for a in agents:
-        _, err = a.communicate(timeout=300)
-        assert a.returncode == 0, f"resume agent failed ({a.returncode}):\n{err[-6000:]}"
+    agents = [TORCHRUN + ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+                          "--rdzv-endpoint", endpoint, "--rdzv-id", "prac-fsdp-test",
+                          "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=120", "--local-addr", "127.0.0.1",
+                          WORKER, "--mode", "resume", "--ckpt", str(ckpt), "--out", str(out)]
+              for node in range(2)]
+    _run_all(agents, tmp_path, timeout=300, what="resume agent")
     resumed = json.loads(out.read_text())
     assert resumed["start"] == 6 and resumed["world_size"] == 2
     # Same model, optimizer, PRAC bases and draw counters: the same float operations, bit for bit.

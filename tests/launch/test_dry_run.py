@@ -55,6 +55,14 @@ def test_torchrun_multi_node_rendezvous_and_forwarded_arguments():
                    "--max-steps 5 --set train.output_dir=runs/a\\ b\n")
 
 
+
+def test_torchrun_local_addr_is_passed_only_when_set():
+    out = dry("torchrun.sh", NNODES="2", NPROC_PER_NODE="1", MASTER_ADDR="10.1.2.3", RDZV_ID="j",
+              LOCAL_ADDR="10.1.2.4")
+    assert out == ("torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint 10.1.2.3:29500 "
+                   "--rdzv-id j --local-addr 10.1.2.4 --no-python prac-train --config configs/train/llama_tiny.yaml "
+                   "--fsdp\n")
+
 def test_torchrun_rdzv_id_defaults_to_slurm_job_and_deepspeed_backend():
     out = dry("torchrun.sh", NNODES="3", NPROC_PER_NODE="1", SLURM_JOB_ID="4242", BACKEND="deepspeed",
               DS_CONFIG="configs/ds/zero3.json", PRAC_TRAIN="/opt/venv/bin/prac-train")

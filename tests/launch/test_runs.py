@@ -55,8 +55,9 @@ def test_torchrun_fsdp_two_ranks(tmp_path, train_args):
 
 def test_torchrun_two_nodes_rendezvous_over_loopback(tmp_path, train_args):
     out = tmp_path / "out"
+    # LOCAL_ADDR: both "nodes" are this machine, so the workers' MASTER_ADDR must be loopback too.
     env = run_env(NNODES="2", NPROC_PER_NODE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-                  RDZV_ID="loopback-test")
+                  RDZV_ID="loopback-test", LOCAL_ADDR="127.0.0.1")
     cmd = ["bash", str(LAUNCH / "torchrun.sh"), *train_args, "--output-dir", str(out)]
     nodes = [subprocess.Popen(cmd, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]
