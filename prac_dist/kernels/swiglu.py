@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 
 from .dispatch import jitted, resolve_kernel
 
@@ -67,16 +68,20 @@ def _triton_swiglu_backward(dh, g, u):
 
 # ----------------------------------------------------------------------------- PyTorch references
 def torch_swiglu_forward(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Reference forward: silu and the product in float32, one rounding to g's dtype."""
+    """Reference forward: silu and the product in float32, one rounding to g's dtype.
+
+    F.silu, then the product: in float32 this is HF's LlamaMLP bit for bit (act_fn(gate) * up).
+    """
     gf = g.float()
-    return (gf * torch.sigmoid(gf) * u.float()).to(g.dtype)
+    return (F.silu(gf) * u.float()).to(g.dtype)
 
 
 def torch_swiglu_backward(dh, g, u) -> Tuple[torch.Tensor, torch.Tensor]:
     """Reference backward: (dg, du) in the inputs' dtypes, silu recomputed in float32."""
     gf, uf, dhf = g.float(), u.float(), dh.float()
     s = torch.sigmoid(gf)
-    return (dhf * uf * (s * (1.0 + gf * (1.0 - s)))).to(g.dtype), (dhf * gf * s).to(u.dtype)
+    # The same association autograd uses through HF's silu(g) * u, so float32 matches it exactly.
+    return (dhf * uf * (s * (1.0 + gf * (1.0 - s)))).to(g.dtype), (dhf * F.silu(gf)).to(u.dtype)
 
 
 # ----------------------------------------------------------------------------- public entry points

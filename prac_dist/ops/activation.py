@@ -2,7 +2,8 @@
 
 HF's LlamaMLP saves the gate output, the SiLU output and the up output (3 x ffn per
 token); the lean SwiGLU saves gate and up only and recomputes SiLU in backward
-(2 x ffn), or their PRAC projections with compress_nonlinear.
+(2 x ffn), or their PRAC projections with compress_nonlinear. Its arithmetic is
+prac_dist.kernels.swiglu (Triton on CUDA with kernel='auto').
 """
 
 from __future__ import annotations
@@ -12,37 +13,36 @@ import math
 import torch
 import torch.nn.functional as F
 
+from prac_dist.kernels.swiglu import swiglu_backward, swiglu_forward
 from prac_dist.ops._saved import restored_input, stored_input
 
 __all__ = ["LeanSwiGLUFunction", "LeanGELUFunction", "lean_swiglu", "lean_gelu", "GELU_APPROXIMATIONS"]
 
 
 class LeanSwiGLUFunction(torch.autograd.Function):
+    """Forward and backward are prac_dist.kernels' SwiGLU: Triton on CUDA, its PyTorch reference elsewhere."""
+
     @staticmethod
-    def forward(ctx, g, u, comp_g, comp_u, n_g, *saved):
-        h = (F.silu(g.float()) * u.float()).to(g.dtype)
-        ctx.comps, ctx.n_g, ctx.shape, ctx.dtype = (comp_g, comp_u), n_g, g.shape, g.dtype
+    def forward(ctx, g, u, comp_g, comp_u, n_g, kernel, *saved):
+        ctx.comps, ctx.n_g, ctx.shape, ctx.dtype, ctx.kernel = (comp_g, comp_u), n_g, g.shape, g.dtype, kernel
         ctx.save_for_backward(*saved)
-        return h
+        return swiglu_forward(g, u, kernel)
 
     @staticmethod
     def backward(ctx, dh):
         saved = ctx.saved_tensors
         comp_g, comp_u = ctx.comps
-        g = restored_input(saved[: ctx.n_g], comp_g, ctx.shape, ctx.dtype).float()
-        u = restored_input(saved[ctx.n_g:], comp_u, ctx.shape, ctx.dtype).float()
-        s = torch.sigmoid(g)
-        dhf = dh.float()
-        du = dhf * (g * s)
-        dg = dhf * u * (s * (1 + g * (1 - s)))
-        return (dg.to(ctx.dtype), du.to(ctx.dtype), None, None, None) + (None,) * len(saved)
+        g = restored_input(saved[: ctx.n_g], comp_g, ctx.shape, ctx.dtype)
+        u = restored_input(saved[ctx.n_g:], comp_u, ctx.shape, ctx.dtype)
+        dg, du = swiglu_backward(dh, g, u, ctx.kernel)
+        return (dg, du, None, None, None, None) + (None,) * len(saved)
 
 
-def lean_swiglu(g, u, comp_g=None, comp_u=None):
+def lean_swiglu(g, u, comp_g=None, comp_u=None, kernel="auto"):
     if not torch.is_grad_enabled():
-        return (F.silu(g.float()) * u.float()).to(g.dtype)
+        return swiglu_forward(g, u, kernel)
     saved_g, saved_u = stored_input(g, comp_g), stored_input(u, comp_u)
-    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, len(saved_g), *saved_g, *saved_u)
+    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, len(saved_g), kernel, *saved_g, *saved_u)
 
 
 # HF activation names -> the GELU variant they compute.

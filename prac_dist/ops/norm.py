@@ -10,39 +10,35 @@ from __future__ import annotations
 
 import torch
 
+from prac_dist.kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from prac_dist.ops._saved import restored_input, stored_input
 
 __all__ = ["LeanRMSNormFunction", "LeanLayerNormFunction", "lean_rms_norm", "lean_layer_norm"]
 
 
 class LeanRMSNormFunction(torch.autograd.Function):
+    """Forward and backward are prac_dist.kernels' RMSNorm: Triton on CUDA, its PyTorch reference elsewhere."""
+
     @staticmethod
-    def forward(ctx, x, weight, eps, comp, *saved_x):
-        xf = x.float()
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        # Same op order as HF: normalise in float32, cast to the input dtype, then scale.
-        y = weight * (xf * rstd).to(x.dtype)
-        ctx.comp, ctx.shape, ctx.x_dtype = comp, x.shape, x.dtype
+    def forward(ctx, x, weight, eps, comp, kernel, *saved_x):
+        y, rstd = rmsnorm_forward(x.reshape(-1, x.shape[-1]), weight, eps, kernel)
+        ctx.comp, ctx.shape, ctx.x_dtype, ctx.kernel = comp, x.shape, x.dtype, kernel
         ctx.save_for_backward(weight, rstd, *saved_x)
-        return y
+        return y.reshape(x.shape[:-1] + y.shape[-1:])
 
     @staticmethod
     def backward(ctx, dy):
         weight, rstd, *saved_x = ctx.saved_tensors
-        x = restored_input(tuple(saved_x), ctx.comp, ctx.shape, ctx.x_dtype)
-        xhat = x.float() * rstd
-        dyf = dy.float()
-        wdy = dyf * weight.float()
-        dx = rstd * (wdy - xhat * (wdy * xhat).mean(-1, keepdim=True))
-        dw = (dyf * xhat.to(ctx.x_dtype).float()).reshape(-1, xhat.shape[-1]).sum(0)
-        return (dx.to(ctx.x_dtype), dw.to(weight.dtype), None, None) + (None,) * len(saved_x)
+        # rstd comes from the true x; only x itself may be the (unbiased) reconstruction.
+        x = restored_input(tuple(saved_x), ctx.comp, ctx.shape, ctx.x_dtype).reshape(-1, ctx.shape[-1])
+        dx, dw = rmsnorm_backward(dy.reshape(x.shape), x, weight, rstd, ctx.kernel)
+        return (dx.reshape(ctx.shape), dw, None, None, None) + (None,) * len(saved_x)
 
 
-def lean_rms_norm(x, weight, eps, comp=None):
+def lean_rms_norm(x, weight, eps, comp=None, kernel="auto"):
     if not torch.is_grad_enabled():
-        xf = x.float()
-        return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return LeanRMSNormFunction.apply(x, weight, eps, comp, *stored_input(x, comp))
+        return rmsnorm_forward(x.reshape(-1, x.shape[-1]), weight, eps, kernel)[0].reshape(x.shape)
+    return LeanRMSNormFunction.apply(x, weight, eps, comp, kernel, *stored_input(x, comp))
 
 
 class LeanLayerNormFunction(torch.autograd.Function):

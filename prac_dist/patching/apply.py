@@ -176,13 +176,14 @@ def _patch_nonlinear(model: nn.Module, arch: Architecture, cfg: PRACConfig, stat
             name = f"{pname}.{cname}" if pname else cname
             kind = type(child).__name__
             if arch.norm == "rms" and kind.endswith("RMSNorm") and getattr(child, "weight", None) is not None:
-                _swap(state, parent, cname, PRACRMSNorm(child, comp_for(name, _width(child.weight))))
+                _swap(state, parent, cname, PRACRMSNorm(child, comp_for(name, _width(child.weight)), cfg.kernel))
             elif arch.norm == "layer" and isinstance(child, nn.LayerNorm) and compress:
                 _swap(state, parent, cname, PRACLayerNorm(child, comp_for(name, int(child.normalized_shape[-1]))))
             elif (arch.mlp == "swiglu" and hidden_act in ("silu", "swish")
                   and all(hasattr(child, a) for a in ("gate_proj", "up_proj", "down_proj"))):
                 ffn = linear_shape(child.gate_proj, False)[1]
-                new = PRACSwiGLUMLP(child, comp_for(f"{name}.gate_out", ffn), comp_for(f"{name}.up_out", ffn))
+                new = PRACSwiGLUMLP(child, comp_for(f"{name}.gate_out", ffn), comp_for(f"{name}.up_out", ffn),
+                                    cfg.kernel)
                 _swap(state, parent, cname, new)
             elif (arch.activation == cname and activation in GELU_APPROXIMATIONS and hasattr(parent, "c_fc")):
                 width = linear_shape(parent.c_fc, True)[1]

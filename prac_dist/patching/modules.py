@@ -51,15 +51,16 @@ class PRACLinear(_Swapped):
 
 
 class PRACRMSNorm(_Swapped):
-    def __init__(self, original: nn.Module, comp: Optional[Compressor]):
+    def __init__(self, original: nn.Module, comp: Optional[Compressor], kernel: str = "auto"):
         super().__init__()
         self._remember(original)
         self.weight = original.weight
         self.eps = float(getattr(original, "variance_epsilon", getattr(original, "eps", 1e-6)))
+        self.kernel = kernel
         self.__dict__["prac_compressor"] = comp
 
     def forward(self, x):
-        return lean_rms_norm(x, self.weight, self.eps, self.prac_compressor)
+        return lean_rms_norm(x, self.weight, self.eps, self.prac_compressor, self.kernel)
 
 
 class PRACLayerNorm(_Swapped):
@@ -76,15 +77,17 @@ class PRACLayerNorm(_Swapped):
 class PRACSwiGLUMLP(_Swapped):
     """down(silu(gate(x)) * up(x)) with the lean SwiGLU; gate/up/down are the original children."""
 
-    def __init__(self, original: nn.Module, comp_g: Optional[Compressor], comp_u: Optional[Compressor]):
+    def __init__(self, original: nn.Module, comp_g: Optional[Compressor], comp_u: Optional[Compressor],
+                 kernel: str = "auto"):
         super().__init__()
         self._remember(original)
         self.gate_proj, self.up_proj, self.down_proj = original.gate_proj, original.up_proj, original.down_proj
+        self.kernel = kernel
         self.__dict__["prac_compressors"] = (comp_g, comp_u)
 
     def forward(self, x):
         comp_g, comp_u = self.prac_compressors
-        return self.down_proj(lean_swiglu(self.gate_proj(x), self.up_proj(x), comp_g, comp_u))
+        return self.down_proj(lean_swiglu(self.gate_proj(x), self.up_proj(x), comp_g, comp_u, self.kernel))
 
 
 class PRACGELU(_Swapped):
