@@ -171,4 +171,9 @@ def _check_type(name: str, value: Any, where: str) -> None:
     else:  # pragma: no cover - every field is listed above
         raise AssertionError(f"untyped PRACConfig field {name}")
     if not ok:
-        raise ValueError(f"{where}.{name}={value!r} has the wrong type ({type(value).__name__}): accepted is {expected}")
+        hint = ""
+        if name in _STR_FIELDS and isinstance(value, bool):
+            # YAML 1.1 reads an unquoted off/on/no/yes as a boolean before we ever see the word.
+            hint = f' (YAML turns an unquoted off/on/no/yes into {value}: quote the word, e.g. {name}: "off")'
+        raise ValueError(f"{where}.{name}={value!r} has the wrong type ({type(value).__name__}): "
+                         f"accepted is {expected}{hint}")

@@ -34,6 +34,11 @@ def test_from_dict_rejects_unknown_key_and_auto():
         PRACConfig.from_dict({"random_ratio": "auto"})
     with pytest.raises(ValueError, match=r"prac\.seed='1' has the wrong type \(str\)"):
         PRACConfig.from_dict({"seed": "1"})
+    # `adaptive_rank: off` in YAML arrives as False: the error says to quote it.
+    with pytest.raises(ValueError, match=r'prac\.adaptive_rank=False has the wrong type \(bool\): accepted is a '
+                                         r'string \(YAML turns an unquoted off/on/no/yes into False: quote the '
+                                         r'word, e\.g\. adaptive_rank: "off"\)'):
+        PRACConfig.from_dict({"adaptive_rank": False})
     cfg = PRACConfig.from_dict({"principal_ratio": 0.25, "target_modules": ["q_proj"]})
     assert cfg.target_modules == ("q_proj",) and PRACConfig.from_dict(cfg.to_dict()) == cfg
 
