@@ -161,13 +161,14 @@ class Compressor:
         self._shared = None
 
     def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, float]:
-        if self.r1 == 0:
-            return x2d.new_zeros(self.n, 0, dtype=torch.float32), 0.0
+        # Adaptive first: an r1 it once set to 0 must be re-chosen at the next refresh, not kept.
         if self.adaptive != "off":
             evals, evecs = spectrum(x2d)
             self.r1 = choose_r1(evals, self.budget, self.adaptive, self.adaptive_energy)
             self.r2 = self.budget - self.r1
             return _top(evals, evecs, self.r1, x2d)
+        if self.r1 == 0:
+            return x2d.new_zeros(self.n, 0, dtype=torch.float32), 0.0
         if self.solver == "randomized":
             from prac_dist.kernels import captured_energy, randomized_principal_basis
 

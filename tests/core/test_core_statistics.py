@@ -106,3 +106,19 @@ def test_adaptive_rank_keeps_bytes_and_lowers_the_variance_bound(make_llama):
     for comp in model._prac_state.compressors.values():
         assert comp.r1 + comp.r2 == comp.budget and comp.r2 >= 1
         assert comp.q1.shape == (comp.n, comp.r1) and comp.q2.shape == (comp.n, comp.r2)
+
+
+def test_adaptive_rank_re_chooses_r1_after_choosing_zero():
+    # An isotropic batch makes min_variance pick r1 = 0 (tail(r) ∝ n - r: the bound grows with r);
+    # a rank-2 batch at the next refresh must get principal directions again, not stay at r1 = 0.
+    from prac_dist.core.subspace import Compressor
+
+    gen = torch.Generator().manual_seed(0)
+    comp = Compressor("c", 16, 4, 4, seed=0, per_rank_random=False, adaptive="min_variance", t1=1, t2=1)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=gen))
+    comp.refresh(torch.randn(4096, 16, generator=gen) @ q)  # orthogonal mix of white noise: flat spectrum
+    assert (comp.r1, comp.r2) == (0, 8)
+    comp.mark(1)
+    low_rank = torch.randn(256, 2, generator=gen) @ torch.randn(2, 16, generator=gen)
+    comp.refresh(low_rank + 1e-3 * torch.randn(256, 16, generator=gen))
+    assert comp.r1 >= 2 and comp.r1 + comp.r2 == 8, (comp.r1, comp.r2)
