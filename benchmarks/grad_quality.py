@@ -6,6 +6,9 @@ from --checkpoint), then one fixed held-out batch is pushed through it with each
     prac            r1 = 0.3 n principal + r2 = 0.3 n random directions (unbiased)
     random_only     r2 = 0.6 n random directions, same stored size (CompAct/RSO style, unbiased)
     principal_only  r1 = 0.6 n principal directions, same stored size (deterministic, biased)
+    prac_min_variance, prac_energy
+                    PRAC with adaptive_rank: r1 + r2 = 0.6 n as above (same stored size), the split
+                    chosen per layer from this batch's spectrum (PRACConfig.adaptive_rank)
 
 The principal basis Q1 is computed once from this batch (as at a refresh) and kept; Q2 is
 redrawn for each of --draws forward/backward passes. Norm and SwiGLU inputs are NOT compressed
@@ -45,7 +48,9 @@ import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
 from prac_dist.patching.modules import PRACLinear  # noqa: E402
 
-ESTIMATORS = {"prac": (0.3, 0.3), "random_only": (0.0, 0.6), "principal_only": (0.6, 0.0)}
+# name -> (principal_ratio, random_ratio, adaptive_rank)
+ESTIMATORS = {"prac": (0.3, 0.3, "off"), "random_only": (0.0, 0.6, "off"), "principal_only": (0.6, 0.0, "off"),
+              "prac_min_variance": (0.3, 0.3, "min_variance"), "prac_energy": (0.3, 0.3, "energy")}
 
 
 def _grads(model, ids: torch.Tensor, names: List[str]) -> Dict[str, torch.Tensor]:
@@ -57,8 +62,8 @@ def _grads(model, ids: torch.Tensor, names: List[str]) -> Dict[str, torch.Tensor
 
 def measure(model, ids: torch.Tensor, ratios, draws: int, seed: int, exact: Dict[str, torch.Tensor]) -> Dict:
     """Apply PRAC with `ratios`, draw `draws` gradients (Q1 fixed, Q2 redrawn each time), remove PRAC."""
-    cfg = PRACConfig(principal_ratio=ratios[0], random_ratio=ratios[1], compress_nonlinear=False,
-                     fused_loss=False, seed=seed)
+    cfg = PRACConfig(principal_ratio=ratios[0], random_ratio=ratios[1], adaptive_rank=ratios[2],
+                     compress_nonlinear=False, fused_loss=False, seed=seed)
     prac_dist.apply_prac(model, cfg)
     try:
         layers = {name + ".weight": m for name, m in model.named_modules() if isinstance(m, PRACLinear)}
@@ -133,6 +138,10 @@ def print_table(per: Dict[str, Dict[str, Dict]], summary: Dict) -> None:
           f"PRAC below random in {o['layers_where_prac_below_random']}/{o['layers']} layers")
     print("relative MSE (sum over layers / Σ‖dW‖²): " +
           ", ".join(f"{e} {v:.4f}" for e, v in o["rel_mse"].items()))
+    print("relative variance (same sums): " + ", ".join(f"{e} {v:.4f}" for e, v in o["rel_variance"].items()))
+    for e in ("prac_min_variance", "prac_energy"):
+        print(f"{e}: r1 per layer " + " ".join(str(per[e][n]["r1"]) for n in sorted(per[e]))
+              + f" (fixed: {' '.join(str(per['prac'][n]['r1']) for n in sorted(per['prac']))})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

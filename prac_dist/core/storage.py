@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["pack", "unpack", "mark_compressed", "is_compressed_activation"]
+__all__ = ["pack", "pack_projected", "unpack", "mark_compressed", "is_compressed_activation"]
 
 COMPRESSED_ATTR = "_prac_compressed"
 
@@ -50,6 +50,18 @@ def pack(x2d: torch.Tensor, q_fwd: torch.Tensor, bits: int, kernel: str = "torch
     z = x2d @ q_fwd
     if bits == 16:
         return (mark_compressed(z),)
+    return tuple(mark_compressed(t) for t in quantize_int8_sr(z))
+
+
+@torch.no_grad()
+def pack_projected(z: torch.Tensor, bits: int, kernel: str = "torch") -> tuple:
+    """Stored form of a Z already projected (by a fused norm kernel): as `pack` would store it."""
+    if bits == 16:
+        return (mark_compressed(z),)
+    if _use_triton(kernel, z.device):
+        from prac_dist.kernels import quantize
+
+        return tuple(mark_compressed(t) for t in quantize(z, int(torch.randint(0, 2**31 - 1, (1,)).item()), kernel))
     return tuple(mark_compressed(t) for t in quantize_int8_sr(z))
 
 

@@ -7,20 +7,23 @@ Every entry point takes `kernel="auto" | "triton" | "torch"` and dispatches thro
   as int8 with per-row scales and stochastic rounding (E[stored] = Z).
 - `rmsnorm_forward` / `rmsnorm_backward`, `swiglu_forward` / `swiglu_backward`: lean
   norm and activation ops that save only their inputs (and rstd).
+- `rmsnorm_project_forward`: the norm with its input's PRAC projection fused in (X read once).
 - `randomized_principal_basis` / `captured_energy`: the fast principal-subspace refresh.
 """
 
 from .dispatch import resolve_kernel, triton_available
-from .projection import dequantize, fused_project
-from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .projection import dequantize, fused_project, quantize
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward
 from .subspace import captured_energy, randomized_principal_basis
 from .swiglu import swiglu_backward, swiglu_forward
 
 __all__ = [
     "fused_project",
+    "quantize",
     "dequantize",
     "rmsnorm_forward",
     "rmsnorm_backward",
+    "rmsnorm_project_forward",
     "swiglu_forward",
     "swiglu_backward",
     "randomized_principal_basis",

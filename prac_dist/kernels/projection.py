@@ -31,7 +31,7 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = tl = None
 
-__all__ = ["fused_project", "dequantize", "torch_fused_project", "torch_dequantize"]
+__all__ = ["fused_project", "quantize", "dequantize", "torch_fused_project", "torch_dequantize"]
 
 _QMAX = 127.0  # symmetric int8 range [-127, 127]; -128 unused so the grid is symmetric
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -247,6 +247,15 @@ def fused_project(
     if storage_bits == 16:
         return z, None
     return _triton_quantize(z, _resolve_seed(seed))
+
+
+def quantize(z: torch.Tensor, seed: Optional[int] = None, kernel: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+    """8-bit storage of an already projected Z (e.g. from rmsnorm_project_forward): (int8, scales)."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"z: expected a 2-D float32/bfloat16/float16 tensor [N, r], got {_describe(z)}")
+    if resolve_kernel(kernel, z.device) == "torch":
+        return _torch_quantize(z, _resolve_seed(seed))
+    return _triton_quantize(z.contiguous(), _resolve_seed(seed))
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, kernel: str = "auto") -> torch.Tensor:

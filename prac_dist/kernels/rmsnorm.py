@@ -17,7 +17,7 @@ from typing import Tuple
 
 import torch
 
-from .dispatch import jitted, resolve_kernel
+from .dispatch import interpreting, jitted, resolve_kernel
 
 try:  # optional dependency: the PyTorch references below work without it
     import triton
@@ -25,7 +25,8 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-__all__ = ["rmsnorm_forward", "rmsnorm_backward", "torch_rmsnorm_forward", "torch_rmsnorm_backward", "RMSNormFunction"]
+__all__ = ["rmsnorm_forward", "rmsnorm_backward", "rmsnorm_project_forward", "torch_rmsnorm_forward",
+           "torch_rmsnorm_backward", "torch_rmsnorm_project_forward", "RMSNormFunction"]
 
 _MAX_WIDTH = 65536  # one row per program in registers: 64K float32 lanes is Triton's block limit
 
@@ -77,6 +78,51 @@ def _rmsnorm_backward_kernel(
     tl.store(dw_partial_ptr + pid.to(tl.int64) * n + cols, dw_acc, mask=mask)
 
 
+def _rmsnorm_project_kernel(
+    x_ptr, w_ptr, q_ptr, y_ptr, rstd_ptr, z_ptr,
+    N, n, r, stride_x, stride_y, stride_qk, stride_z, eps,
+    DOT_IN_INPUT_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # RMSNorm with the PRAC projection of its input fused in: program (m, j) computes the Z tile
+    # [rows m, columns j] = X·[Q1 | c·Q2] and, while X streams through, its rows' sums of squares;
+    # the j = 0 programs then finish the norm (rstd, y) from the X rows they just read (cache-hot).
+    pid_m = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < N
+    col_mask = cols < r
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    sumsq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, n, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < n
+        x = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=row_mask[:, None] & k_mask[None, :],
+                    other=0.0)
+        q = tl.load(q_ptr + ks[:, None] * stride_qk + cols[None, :], mask=k_mask[:, None] & col_mask[None, :],
+                    other=0.0)
+        if DOT_IN_INPUT_DTYPE:
+            acc = tl.dot(x, q, acc)
+        else:
+            acc = tl.dot(x.to(tl.float32), q.to(tl.float32), acc, input_precision="ieee")
+        xf = x.to(tl.float32)
+        sumsq += tl.sum(xf * xf, axis=1)
+    tl.store(z_ptr + rows[:, None] * stride_z + cols[None, :], acc.to(z_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & col_mask[None, :])
+    if pid_r == 0:
+        rstd = 1.0 / tl.sqrt_rn(sumsq / n + eps)
+        tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+        for k0 in range(0, n, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mask = row_mask[:, None] & (ks < n)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=mask, other=0.0)
+            x_norm = (x.to(tl.float32) * rstd[:, None]).to(x_ptr.dtype.element_ty)  # HF's rounding point
+            w = tl.load(w_ptr + ks, mask=ks < n, other=0.0).to(tl.float32)
+            y = w[None, :] * x_norm.to(tl.float32)
+            tl.store(y_ptr + rows[:, None] * stride_y + ks[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- host launchers
 def _triton_rmsnorm_forward(x2d, weight, eps):
     N, n = x2d.shape
@@ -91,6 +137,25 @@ def _triton_rmsnorm_forward(x2d, weight, eps):
             x2d, weight, y, rstd, N, n, x2d.stride(0), y.stride(0), eps, BLOCK_M=block_m, BLOCK_N=block_n
         )
     return y, rstd
+
+
+def _triton_rmsnorm_project(x2d, weight, eps, q_fwd):
+    N, n = x2d.shape
+    r = q_fwd.shape[1]
+    q_fwd = q_fwd.to(x2d.dtype).contiguous()  # rounded once on the host, as fused_project does
+    y = torch.empty((N, n), dtype=torch.promote_types(weight.dtype, x2d.dtype), device=x2d.device)
+    rstd = torch.empty((N,), dtype=torch.float32, device=x2d.device)
+    z = torch.empty((N, r), dtype=x2d.dtype, device=x2d.device)
+    if N:
+        # fused_project's 64x64x32 tiles; at least one column tile so the j = 0 programs exist.
+        bm, br, bk = 64, 64, 32
+        grid = (triton.cdiv(N, bm), max(1, triton.cdiv(r, br)))
+        jitted(_rmsnorm_project_kernel)[grid](
+            x2d, weight, q_fwd, y, rstd, z, N, n, r, x2d.stride(0), y.stride(0), q_fwd.stride(0), z.stride(0),
+            eps, DOT_IN_INPUT_DTYPE=x2d.dtype != torch.float32 and not interpreting(),
+            BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk,
+        )
+    return y, rstd, z
 
 
 def _backward_programs(device: torch.device, N: int) -> int:
@@ -159,6 +224,32 @@ def rmsnorm_backward(dy, x2d, weight, rstd, kernel: str = "auto"):
     if resolve_kernel(kernel, x2d.device) == "torch":
         return torch_rmsnorm_backward(dy, x2d, weight, rstd)
     return _triton_rmsnorm_backward(dy.contiguous(), x2d.contiguous(), weight.contiguous(), rstd.contiguous())
+
+
+def torch_rmsnorm_project_forward(x2d, weight, eps, q_fwd):
+    """Reference of the fused forward: the RMSNorm reference plus fused_project's 16-bit reference."""
+    from .projection import torch_fused_project
+
+    y, rstd = torch_rmsnorm_forward(x2d, weight, eps)
+    return y, rstd, torch_fused_project(x2d, q_fwd, 16)[0]
+
+
+def rmsnorm_project_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float, q_fwd: torch.Tensor,
+                            kernel: str = "auto"):
+    """(y, rstd, Z): RMSNorm of x2d and the PRAC projection Z = x2d·q_fwd of its input, X read once.
+
+    Z is what `fused_project(x2d, q_fwd, 16)` returns (float32 accumulation, x2d's dtype); 8-bit
+    storage quantizes it afterwards. This is the norm with its nonlinear compression fused in.
+    """
+    _check(x2d, "x2d")
+    if not isinstance(weight, torch.Tensor) or weight.shape != (x2d.shape[1],):
+        raise ValueError(f"weight: expected shape ({x2d.shape[1]},), got {_shape(weight)}")
+    if not isinstance(q_fwd, torch.Tensor) or q_fwd.dim() != 2 or q_fwd.shape[0] != x2d.shape[1]:
+        raise ValueError(f"q_fwd: expected a 2-D tensor with {x2d.shape[1]} rows, got {_shape(q_fwd)}")
+    if resolve_kernel(kernel, x2d.device) == "torch":
+        return torch_rmsnorm_project_forward(x2d, weight, eps, q_fwd)
+    _check_width(x2d.shape[1])
+    return _triton_rmsnorm_project(x2d.contiguous(), weight.contiguous(), float(eps), q_fwd.float())
 
 
 class RMSNormFunction(torch.autograd.Function):

@@ -10,20 +10,37 @@ from __future__ import annotations
 
 import torch
 
-from prac_dist.kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from prac_dist.core.storage import pack_projected
+from prac_dist.kernels.dispatch import resolve_kernel
+from prac_dist.kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward
 from prac_dist.ops._saved import restored_input, stored_input
 
 __all__ = ["LeanRMSNormFunction", "LeanLayerNormFunction", "lean_rms_norm", "lean_layer_norm"]
 
 
 class LeanRMSNormFunction(torch.autograd.Function):
-    """Forward and backward are prac_dist.kernels' RMSNorm: Triton on CUDA, its PyTorch reference elsewhere."""
+    """Forward and backward are prac_dist.kernels' RMSNorm: Triton on CUDA, its PyTorch reference elsewhere.
+
+    With a compressor on the Triton path, the norm and the projection of its input are one kernel
+    (rmsnorm_project_forward): X is read once for y, rstd and Z.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, eps, comp, kernel, *saved_x):
-        y, rstd = rmsnorm_forward(x.reshape(-1, x.shape[-1]), weight, eps, kernel)
+    def forward(ctx, x, weight, eps, comp, kernel):
+        x2d = x.reshape(-1, x.shape[-1])
+        if comp is None:
+            y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
+            saved = (x,)
+        else:  # (autograd runs forward with grad off, so this compresses directly, not via stored_input)
+            comp.refresh(x2d)
+            if resolve_kernel(kernel, x.device) == "triton":
+                y, rstd, z = rmsnorm_project_forward(x2d, weight, eps, comp.q_fwd(x.dtype, x.device), kernel)
+                saved = pack_projected(z, comp.storage_bits, kernel)
+            else:
+                y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
+                saved = comp.compress(x2d)
         ctx.comp, ctx.shape, ctx.x_dtype, ctx.kernel = comp, x.shape, x.dtype, kernel
-        ctx.save_for_backward(weight, rstd, *saved_x)
+        ctx.save_for_backward(weight, rstd, *saved)
         return y.reshape(x.shape[:-1] + y.shape[-1:])
 
     @staticmethod
@@ -32,13 +49,13 @@ class LeanRMSNormFunction(torch.autograd.Function):
         # rstd comes from the true x; only x itself may be the (unbiased) reconstruction.
         x = restored_input(tuple(saved_x), ctx.comp, ctx.shape, ctx.x_dtype).reshape(-1, ctx.shape[-1])
         dx, dw = rmsnorm_backward(dy.reshape(x.shape), x, weight, rstd, ctx.kernel)
-        return (dx.reshape(ctx.shape), dw, None, None, None) + (None,) * len(saved_x)
+        return dx.reshape(ctx.shape), dw, None, None, None
 
 
 def lean_rms_norm(x, weight, eps, comp=None, kernel="auto"):
     if not torch.is_grad_enabled():
         return rmsnorm_forward(x.reshape(-1, x.shape[-1]), weight, eps, kernel)[0].reshape(x.shape)
-    return LeanRMSNormFunction.apply(x, weight, eps, comp, kernel, *stored_input(x, comp))
+    return LeanRMSNormFunction.apply(x, weight, eps, comp, kernel)
 
 
 class LeanLayerNormFunction(torch.autograd.Function):

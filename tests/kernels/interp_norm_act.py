@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from _kernels_testutil import DTYPES, U32, assert_within, kernel_device
-from prac_dist.kernels import rmsnorm_backward, rmsnorm_forward, swiglu_backward, swiglu_forward
-from prac_dist.kernels.rmsnorm import RMSNormFunction, torch_rmsnorm_backward, torch_rmsnorm_forward
+from prac_dist.kernels import (quantize, rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward,
+                               swiglu_backward, swiglu_forward)
+from prac_dist.kernels.rmsnorm import (RMSNormFunction, torch_rmsnorm_backward, torch_rmsnorm_forward,
+                                      torch_rmsnorm_project_forward)
 from prac_dist.kernels.swiglu import SwiGLUFunction, torch_swiglu_backward, torch_swiglu_forward
 
 DEVICE = kernel_device()
@@ -110,6 +112,30 @@ def test_swiglu_function_gradients():
     dg_ref, du_ref = torch_swiglu_backward(dh, g.detach(), u.detach())
     torch.testing.assert_close(g.grad, dg_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(u.grad, du_ref, rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,n,r", [(1, 17, 5), (7, 64, 33), (129, 250, 70), (65, 96, 130)])
+def test_rmsnorm_project_forward_matches_reference(N, n, r, dtype):
+    # The fused norm + projection: the same (y, rstd) as the norm kernel and the same Z as the
+    # 16-bit projection. r = 130 > 64 spans several column tiles (only tile 0 writes y and rstd).
+    x, w = _rand(N, n, dtype=dtype, seed=N + n), _rand(n, dtype=dtype, seed=n)
+    q = _rand(n, r, dtype=torch.float32, seed=r) / n ** 0.5
+    y, rstd, z = rmsnorm_project_forward(x, w, EPS, q, kernel="triton")
+    y_ref, rstd_ref, z_ref = torch_rmsnorm_project_forward(x, w, EPS, q)
+    # rstd and y: the bounds of test_rmsnorm_forward_matches_reference (chunked sum of squares).
+    assert_within(rstd, rstd_ref, (n + 2) * U32 * rstd_ref.abs(), ulps=0, what="rstd")
+    assert_within(y, y_ref, (n + 4) * U32 * y_ref.float().abs(), ulps=4.5, what="y")
+    # Z: float32 dot of n exact products in another order, Higham's n·u·Σ|x_k q_k|; bf16 output
+    # may round to the other neighbour (1.5 ulp).
+    qx = q.to(dtype).float()
+    bound = n * U32 * (x.float().abs() @ qx.abs())
+    assert_within(z, z_ref, bound, ulps=1.5, what="z")
+    codes, scale = quantize(z, seed=3, kernel="triton")
+    assert codes.dtype == torch.int8 and scale.shape == (N,)
+    # Stochastic rounding moves each code by less than one step of its row's scale.
+    assert ((codes.float() * scale[:, None] - z.float()).abs() <= scale[:, None] * (1 + 1e-6)).all()
 
 
 @pytest.mark.parametrize("compress_nonlinear", [False, True], ids=["lean", "compressed"])
