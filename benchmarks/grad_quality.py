@@ -9,6 +9,8 @@ from --checkpoint), then one fixed held-out batch is pushed through it with each
     prac_min_variance, prac_energy
                     PRAC with adaptive_rank: r1 + r2 = 0.6 n as above (same stored size), the split
                     chosen per layer from this batch's spectrum (PRACConfig.adaptive_rank)
+    prac_global     adaptive_rank='global': the same total r1 + r2 over the layers (same stored
+                    bytes), moved between layers from this batch's spectra, then split per layer
 
 The principal basis Q1 is computed once from this batch (as at a refresh) and kept; Q2 is
 redrawn for each of --draws forward/backward passes. Norm and SwiGLU inputs are NOT compressed
@@ -50,7 +52,8 @@ from prac_dist.patching.modules import PRACLinear  # noqa: E402
 
 # name -> (principal_ratio, random_ratio, adaptive_rank)
 ESTIMATORS = {"prac": (0.3, 0.3, "off"), "random_only": (0.0, 0.6, "off"), "principal_only": (0.6, 0.0, "off"),
-              "prac_min_variance": (0.3, 0.3, "min_variance"), "prac_energy": (0.3, 0.3, "energy")}
+              "prac_min_variance": (0.3, 0.3, "min_variance"), "prac_energy": (0.3, 0.3, "energy"),
+              "prac_global": (0.3, 0.3, "global")}
 
 
 def _grads(model, ids: torch.Tensor, names: List[str]) -> Dict[str, torch.Tensor]:
@@ -69,6 +72,9 @@ def measure(model, ids: torch.Tensor, ratios, draws: int, seed: int, exact: Dict
         layers = {name + ".weight": m for name, m in model.named_modules() if isinstance(m, PRACLinear)}
         comps = {id(m.prac_compressor): m.prac_compressor for m in layers.values()}.values()
         names = sorted(layers)
+        if ratios[2] == "global":  # one refresh to measure the spectra, step() moves the budgets
+            _grads(model, ids, names)
+            prac_dist.step(model)
         random = ratios[1] > 0
         k = draws if random else 2  # principal-only is deterministic: two passes check that it is
         total = {n: torch.zeros_like(exact[n]) for n in names}
@@ -139,9 +145,10 @@ def print_table(per: Dict[str, Dict[str, Dict]], summary: Dict) -> None:
     print("relative MSE (sum over layers / Σ‖dW‖²): " +
           ", ".join(f"{e} {v:.4f}" for e, v in o["rel_mse"].items()))
     print("relative variance (same sums): " + ", ".join(f"{e} {v:.4f}" for e, v in o["rel_variance"].items()))
-    for e in ("prac_min_variance", "prac_energy"):
+    for e in ("prac_min_variance", "prac_energy", "prac_global"):
         print(f"{e}: r1 per layer " + " ".join(str(per[e][n]["r1"]) for n in sorted(per[e]))
-              + f" (fixed: {' '.join(str(per['prac'][n]['r1']) for n in sorted(per['prac']))})")
+              + f" (fixed: {' '.join(str(per['prac'][n]['r1']) for n in sorted(per['prac']))}); r1 + r2 "
+              + " ".join(str(per[e][n]["r1"] + per[e][n]["r2"]) for n in sorted(per[e])))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

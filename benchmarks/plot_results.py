@@ -69,7 +69,27 @@ def grad_quality_tables(res: dict) -> List[str]:
             f" (geometric mean of layer ratios {o['geomean_layer_ratio']:.3f}, max {o['max_layer_ratio']:.3f}; "
             f"PRAC below random in {o['layers_where_prac_below_random']}/{o['layers']} layers). Relative MSE: "
             + ", ".join(f"{e} {v:.4f}" for e, v in o["rel_mse"].items()) + ".", ""]
-    return out
+    return out + adaptive_variance_table(res)
+
+
+ADAPTIVE = {"prac": "fixed 0.3/0.3", "prac_min_variance": "min_variance", "prac_energy": "energy (0.9)",
+            "prac_global": "global"}
+
+
+def adaptive_variance_table(res: dict) -> List[str]:
+    """The same batch and draws, PRAC's adaptive_rank policies at the stored size of fixed 0.3/0.3."""
+    per = res["per_layer"]
+    if not all(e in per for e in ADAPTIVE):
+        return []
+    names = sorted(per["prac"])
+    out = ["#### Adaptive ranks on the same batch (same total stored coordinates)", "",
+           "r1/r2 per layer and the relative weight-gradient variance summed over layers, as above.", "",
+           "| adaptive_rank | " + " | ".join(n.replace("model.layers.", "").replace(".weight", "") for n in names)
+           + " | Σ variance / Σ‖dW‖² |", "|---" * (len(names) + 2) + "|"]
+    for e, label in ADAPTIVE.items():
+        cells = " | ".join(f"{per[e][n]['r1']}/{per[e][n]['r2']}" for n in names)
+        out.append(f"| {label} | {cells} | {res['overall']['rel_variance'][e]:.4f} |")
+    return out + [""]
 
 
 def paper_table(res: Optional[dict]) -> List[str]:

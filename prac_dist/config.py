@@ -16,7 +16,7 @@ __all__ = ["PRACConfig"]
 _KERNELS = ("auto", "triton", "torch")
 _STORAGE_BITS = (16, 8)
 _SOLVERS = ("exact", "randomized")
-_ADAPTIVE = ("off", "min_variance", "energy")
+_ADAPTIVE = ("off", "min_variance", "energy", "global")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,11 @@ class PRACConfig:
     """'off': fixed r1, r2. 'min_variance': at each principal refresh choose r1 per layer (r1 + r2 fixed,
     so stored bytes are those of the ratios) minimising PRAC's variance bound (c - 1)‖X - XQ1Q1ᵀ‖²
     over the measured spectrum. 'energy': the smallest r1 capturing adaptive_energy of ‖X‖², capped
-    so that r2 >= 1. Both keep r2 >= 1 (unbiased) and use the exact eigendecomposition."""
+    so that r2 >= 1. 'global': also moves r1 + r2 between the linear layers' bases, keeping their total
+    (hence the stored bytes of the ratios): after each scheduled principal refresh the total goes where
+    it lowers the summed relative variance bound most, and the bases whose size changed are refreshed
+    at the next step; within a layer, r1 as in 'min_variance'. All keep r2 >= 1 (unbiased) and use the
+    exact eigendecomposition."""
     adaptive_energy: float = 0.9
     """Target share of ‖X‖²_F for adaptive_rank='energy'."""
 

@@ -21,7 +21,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["Compressor", "principal_basis", "random_complement_basis", "data_parallel_rank"]
+__all__ = ["Compressor", "principal_basis", "random_complement_basis", "data_parallel_rank", "variance_curve",
+           "allocate_budgets"]
 
 # Z tensors carry this attribute so offload hooks can move them and nothing else.
 COMPRESSED_ATTR = "_prac_compressed"
@@ -69,6 +70,59 @@ def choose_r1(evals: torch.Tensor, budget: int, policy: str, energy: float) -> i
         return budget - 1
     bound = (n - budget) / (budget - r) * tail[:budget]
     return int(torch.argmin(bound))
+
+
+def variance_curve(evals: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For every budget R = r1 + r2 in 0..n: the least relative variance bound and the r1 reaching it.
+
+    V[R] = min_{r1 < R} (n - R)/(R - r1) · tail(r1) / Σλ  (V[0] = inf: nothing stored is not an option).
+    Float64 on the CPU, computed in blocks of budgets so memory stays O(256·n).
+    """
+    lam = evals.detach().double().cpu()
+    total = float(lam.sum()) or 1.0
+    tail = (lam.sum() - torch.cat([lam.new_zeros(1), lam.cumsum(0)]))[:n] / total  # tail[r] for r < n
+    values = torch.full((n + 1,), float("inf"), dtype=torch.float64)
+    best = torch.zeros(n + 1, dtype=torch.long)
+    r = torch.arange(n, dtype=torch.float64)
+    for start in range(1, n + 1, 256):
+        budgets = torch.arange(start, min(start + 256, n + 1), dtype=torch.float64)[:, None]
+        bound = (n - budgets) / (budgets - r) * tail
+        bound = torch.where(r < budgets, bound, torch.full_like(bound, float("inf")))
+        v, i = bound.min(dim=1)
+        values[start:start + len(v)], best[start:start + len(v)] = v, i
+    return values, best
+
+
+def allocate_budgets(curves: Dict[str, torch.Tensor], total: int) -> Dict[str, int]:
+    """Budgets R_l (>= 1, <= n_l, Σ R_l <= total) minimising Σ_l curves[l][R_l].
+
+    Lagrangian: for a price μ per stored coordinate each layer takes argmin_R V_l(R) + μR; bisect μ
+    until the budgets fit, then hand what is left over, one coordinate at a time, to the layer whose
+    bound falls most. V_l need not be convex: this is the exact optimum only where it is.
+    """
+    def take(mu: float) -> Dict[str, int]:
+        return {k: int(torch.argmin(v + mu * torch.arange(len(v), dtype=torch.float64))) for k, v in curves.items()}
+
+    if len(curves) > total:
+        raise ValueError(f"adaptive_rank='global': {len(curves)} bases need at least one coordinate each, "
+                         f"the total budget is {total}")
+    lo, hi = 0.0, 1.0
+    while sum(take(hi).values()) > total:
+        lo, hi = hi, hi * 4
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if sum(take(mid).values()) > total:
+            lo = mid
+        else:
+            hi = mid
+    budgets = take(hi)
+    for _ in range(total - sum(budgets.values())):
+        gain = {k: float(v[budgets[k]] - v[budgets[k] + 1]) for k, v in curves.items() if budgets[k] + 1 < len(v)}
+        if not gain:
+            break
+        k = max(gain, key=gain.get)
+        budgets[k] += 1
+    return budgets
 
 
 @torch.no_grad()
@@ -120,6 +174,9 @@ class Compressor:
         self.random_due = True
         self.draws = 0
         self.energy: Optional[float] = None
+        # adaptive='global': the last scheduled refresh's variance curve, waiting for step() to reallocate.
+        self.curve: Optional[torch.Tensor] = None
+        self.followup = False  # this refresh only applies a new budget: it does not start a reallocation
         self._fwd_cache: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._back: Optional[torch.Tensor] = None
         self._shared: Optional[Tuple[weakref.ref, int, tuple]] = None
@@ -164,7 +221,11 @@ class Compressor:
         # Adaptive first: an r1 it once set to 0 must be re-chosen at the next refresh, not kept.
         if self.adaptive != "off":
             evals, evecs = spectrum(x2d)
-            self.r1 = choose_r1(evals, self.budget, self.adaptive, self.adaptive_energy)
+            if self.adaptive == "global" and not self.followup:
+                self.curve = variance_curve(evals, self.n)[0]
+            self.followup = False
+            policy = "min_variance" if self.adaptive == "global" else self.adaptive
+            self.r1 = choose_r1(evals, self.budget, policy, self.adaptive_energy)
             self.r2 = self.budget - self.r1
             return _top(evals, evecs, self.r1, x2d)
         if self.r1 == 0:
@@ -221,7 +282,8 @@ class Compressor:
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "n": self.n, "r1": self.r1, "r2": self.r2, "draws": self.draws,
+            "n": self.n, "r1": self.r1, "r2": self.r2, "budget": self.budget, "followup": self.followup,
+            "draws": self.draws,
             "principal_due": self.principal_due, "random_due": self.random_due, "energy": self.energy,
             "q1": None if self.q1 is None else self.q1.detach().cpu().clone(),
             "q2": None if self.q2 is None else self.q2.detach().cpu().clone(),
@@ -230,9 +292,10 @@ class Compressor:
     def load_state_dict(self, state: dict, device: Optional[torch.device] = None) -> None:
         # Adaptive ranks move r1/r2 at every refresh; only their sum (the stored bytes) is fixed.
         keys = ("n", "r1", "r2") if self.adaptive == "off" else ("n",)
-        if self.adaptive != "off" and state["r1"] + state["r2"] != self.budget:
+        budget = state["budget"] if self.adaptive == "global" else self.budget
+        if self.adaptive != "off" and state["r1"] + state["r2"] != budget:
             raise ValueError(f"PRAC state for {self.name}: r1 + r2 = {state['r1'] + state['r2']} in the checkpoint, "
-                             f"{self.budget} in this model (the PRACConfig ratios must match the saved run)")
+                             f"{budget} in this model (the PRACConfig ratios must match the saved run)")
         for key in keys:
             if state[key] != getattr(self, key):
                 raise ValueError(
@@ -240,6 +303,8 @@ class Compressor:
                     f"{getattr(self, key)} in this model (the PRACConfig ratios must match the saved run)"
                 )
         self.r1, self.r2 = int(state["r1"]), int(state["r2"])
+        if self.adaptive == "global":  # its budget moves too; the model's total is checked by the caller
+            self.budget, self.followup = int(state["budget"]), bool(state["followup"])
         self.draws = int(state["draws"])
         self.principal_due, self.random_due = bool(state["principal_due"]), bool(state["random_due"])
         self.energy = state["energy"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from prac_dist.config import PRACConfig
-from prac_dist.core.subspace import Compressor
+from prac_dist.core.subspace import Compressor, allocate_budgets
 from prac_dist.ops.activation import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
                                         linear_shape)
@@ -28,6 +28,10 @@ class PRACState:
     swaps: List[Tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
     step: int = 0
     fused_loss: bool = False
+
+    def global_bases(self) -> Dict[str, Compressor]:
+        """The bases whose r1 + r2 adaptive_rank='global' moves (the linear layers')."""
+        return {k: c for k, c in self.compressors.items() if c.adaptive == "global"}
 
 
 def _is_conv1d(m: nn.Module) -> bool:
@@ -235,6 +239,28 @@ def step(model: nn.Module) -> None:
     state.step += 1
     for comp in state.compressors.values():
         comp.mark(state.step)
+    _reallocate(state)
+
+
+def _reallocate(state: PRACState) -> None:
+    """adaptive_rank='global': once every base has the curve of a scheduled refresh, move the budgets.
+
+    The total is what the ratios give (so are the stored bytes); a base whose budget changed gets a
+    refresh at the next forward, from that step's batch, which does not start another reallocation.
+    """
+    bases = state.global_bases()
+    if not bases or any(c.curve is None for c in bases.values()):
+        return
+    total = sum(_initial_budget(state.config, c) for c in bases.values())
+    budgets = allocate_budgets({k: c.curve for k, c in bases.items()}, total)
+    for name, comp in bases.items():
+        comp.curve = None
+        if budgets[name] != comp.budget:
+            comp.budget, comp.principal_due, comp.followup = budgets[name], True, True
+
+
+def _initial_budget(cfg: PRACConfig, comp: Compressor) -> int:
+    return sum(cfg.ranks(comp.n, nonlinear=False))
 
 
 def hook_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
@@ -262,6 +288,11 @@ def load_prac_state_dict(model: nn.Module, sd: dict) -> None:
     device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
     for name, comp in state.compressors.items():
         comp.load_state_dict(sd["compressors"][name], device=device)
+    bases = state.global_bases()
+    total, expected = sum(c.budget for c in bases.values()), sum(_initial_budget(state.config, c) for c in bases.values())
+    if total != expected:
+        raise ValueError(f"PRAC state: the linear bases' r1 + r2 add up to {total} in the checkpoint, {expected} "
+                         f"for this model's ratios (adaptive_rank='global' keeps the total; the ratios must match)")
     state.step = int(sd["step"])
 
 
