@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,7 @@ POLICIES = ("off", "min_variance", "global")
 
 
 def train(policy: str, seed: int, steps: int, out: Path, config: str) -> float:
+    shutil.rmtree(out, ignore_errors=True)  # this benchmark's own scratch run: always train from scratch
     cmd = [sys.executable, "-m", "prac_dist.train", "--config", config, "--max-steps", str(steps),
            "--seed", str(seed), "--output-dir", str(out), "--set", f'prac.adaptive_rank="{policy}"',
            "--set", f"train.eval_every={steps}"]

@@ -111,6 +111,23 @@ def paper_table(res: Optional[dict]) -> List[str]:
     return out + [""]
 
 
+def adaptive_training_table(res: Optional[dict]) -> List[str]:
+    if res is None:
+        return []
+    seeds = res["seeds"]
+    out = ["### Adaptive ranks in training (`benchmarks/results/adaptive_rank.json`)", "",
+           f"`{res['config']}`, {res['max_steps']} steps, final validation loss per seed; bytes saved for "
+           f"backward measured on one batch after the ranks moved. Hardware: {res['hardware']}.", "",
+           "| adaptive_rank | saved MiB | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean − fixed |",
+           "|---" * (len(seeds) + 4) + "|"]
+    base = res["policies"]["off"]["mean_val_loss"]
+    for policy, r in res["policies"].items():
+        losses = " | ".join(f"{r['val_loss'][str(s)]:.4f}" for s in seeds)
+        out.append(f"| {policy} | {r['stored_bytes'] / 2**20:.2f} | {losses} | {r['mean_val_loss']:.4f} | "
+                   f"{r['mean_val_loss'] - base:+.4f} |")
+    return out + [""]
+
+
 def render() -> str:
     def load(name):
         p = RESULTS / name
@@ -126,6 +143,7 @@ def render() -> str:
         lines += convergence_tables(conv, name)
     if gq is not None:
         lines += grad_quality_tables(gq)
+    lines += adaptive_training_table(load("adaptive_rank.json"))
     return "\n".join(lines + [END])
 
 
