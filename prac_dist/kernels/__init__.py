@@ -7,7 +7,8 @@ Every entry point takes `kernel="auto" | "triton" | "torch"` and dispatches thro
   as int8 with per-row scales and stochastic rounding (E[stored] = Z).
 - `rmsnorm_forward` / `rmsnorm_backward`, `swiglu_forward` / `swiglu_backward`: lean
   norm and activation ops that save only their inputs (and rstd).
-- `rmsnorm_project_forward`: the norm with its input's PRAC projection fused in (X read once).
+- `rmsnorm_project_forward`, `swiglu_project_forward`: the norm / SwiGLU with their inputs' PRAC
+  projections fused in (inputs read once).
 - `randomized_principal_basis` / `captured_energy`: the fast principal-subspace refresh.
 """
 
@@ -15,7 +16,7 @@ from .dispatch import resolve_kernel, triton_available
 from .projection import dequantize, fused_project, quantize
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward
 from .subspace import captured_energy, randomized_principal_basis
-from .swiglu import swiglu_backward, swiglu_forward
+from .swiglu import swiglu_backward, swiglu_forward, swiglu_project_forward
 
 __all__ = [
     "fused_project",
@@ -26,6 +27,7 @@ __all__ = [
     "rmsnorm_project_forward",
     "swiglu_forward",
     "swiglu_backward",
+    "swiglu_project_forward",
     "randomized_principal_basis",
     "captured_energy",
     "triton_available",

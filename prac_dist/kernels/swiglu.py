@@ -15,7 +15,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import jitted, resolve_kernel
+from .dispatch import interpreting, jitted, resolve_kernel
 
 try:  # optional dependency: the PyTorch references below work without it
     import triton
@@ -23,7 +23,8 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-__all__ = ["swiglu_forward", "swiglu_backward", "torch_swiglu_forward", "torch_swiglu_backward", "SwiGLUFunction"]
+__all__ = ["swiglu_forward", "swiglu_backward", "swiglu_project_forward", "torch_swiglu_forward",
+           "torch_swiglu_backward", "torch_swiglu_project_forward", "SwiGLUFunction"]
 
 _BLOCK = 1024  # elements per program: 4 warps x 32 lanes x 8 elements, 16-byte bf16 vectors
 
@@ -49,6 +50,52 @@ def _swiglu_backward_kernel(dh_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, numel, BLOCK: 
     tl.store(dg_ptr + offs, (dh * u * (s * (1.0 + g * (1.0 - s)))).to(dg_ptr.dtype.element_ty), mask=mask)
 
 
+def _swiglu_project_kernel(
+    g_ptr, u_ptr, qg_ptr, qu_ptr, h_ptr, zg_ptr, zu_ptr,
+    N, n, rg, ru, stride_x, stride_h, stride_qg, stride_qu, stride_zg, stride_zu,
+    DOT_IN_INPUT_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # SwiGLU with the PRAC projections of both inputs fused in: program (m, j) computes the Zg and
+    # Zu tiles [rows m, columns j] while g and u stream through once; the j = 0 programs then write
+    # h = silu(g)·u for their rows from the (cache-hot) inputs.
+    pid_m = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    cols = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < N
+    acc_g = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k0 in range(0, n, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < n
+        x_mask = row_mask[:, None] & k_mask[None, :]
+        g = tl.load(g_ptr + rows[:, None] * stride_x + ks[None, :], mask=x_mask, other=0.0)
+        u = tl.load(u_ptr + rows[:, None] * stride_x + ks[None, :], mask=x_mask, other=0.0)
+        qg = tl.load(qg_ptr + ks[:, None] * stride_qg + cols[None, :], mask=k_mask[:, None] & (cols < rg)[None, :],
+                     other=0.0)
+        qu = tl.load(qu_ptr + ks[:, None] * stride_qu + cols[None, :], mask=k_mask[:, None] & (cols < ru)[None, :],
+                     other=0.0)
+        if DOT_IN_INPUT_DTYPE:
+            acc_g = tl.dot(g, qg, acc_g)
+            acc_u = tl.dot(u, qu, acc_u)
+        else:
+            acc_g = tl.dot(g.to(tl.float32), qg.to(tl.float32), acc_g, input_precision="ieee")
+            acc_u = tl.dot(u.to(tl.float32), qu.to(tl.float32), acc_u, input_precision="ieee")
+    tl.store(zg_ptr + rows[:, None] * stride_zg + cols[None, :], acc_g.to(zg_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (cols < rg)[None, :])
+    tl.store(zu_ptr + rows[:, None] * stride_zu + cols[None, :], acc_u.to(zu_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (cols < ru)[None, :])
+    if pid_r == 0:
+        for k0 in range(0, n, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mask = row_mask[:, None] & (ks < n)[None, :]
+            g = tl.load(g_ptr + rows[:, None] * stride_x + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+            u = tl.load(u_ptr + rows[:, None] * stride_x + ks[None, :], mask=mask, other=0.0).to(tl.float32)
+            h = g * tl.sigmoid(g) * u
+            tl.store(h_ptr + rows[:, None] * stride_h + ks[None, :], h.to(h_ptr.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- host launchers
 def _triton_swiglu_forward(g, u):
     h = torch.empty_like(g)
@@ -64,6 +111,24 @@ def _triton_swiglu_backward(dh, g, u):
     if numel:
         jitted(_swiglu_backward_kernel)[(triton.cdiv(numel, _BLOCK),)](dh, g, u, dg, du, numel, BLOCK=_BLOCK)
     return dg, du
+
+
+def _triton_swiglu_project(g2d, u2d, qg, qu):
+    N, n = g2d.shape
+    qg, qu = qg.to(g2d.dtype).contiguous(), qu.to(g2d.dtype).contiguous()  # rounded once, as fused_project
+    rg, ru = qg.shape[1], qu.shape[1]
+    h = torch.empty_like(g2d)
+    zg = torch.empty((N, rg), dtype=g2d.dtype, device=g2d.device)
+    zu = torch.empty((N, ru), dtype=g2d.dtype, device=g2d.device)
+    if N:
+        bm, br, bk = 64, 64, 32  # fused_project's tiles; at least one column tile so h is written
+        grid = (triton.cdiv(N, bm), max(1, triton.cdiv(max(rg, ru), br)))
+        jitted(_swiglu_project_kernel)[grid](
+            g2d, u2d, qg, qu, h, zg, zu, N, n, rg, ru, g2d.stride(0), h.stride(0), qg.stride(0), qu.stride(0),
+            zg.stride(0), zu.stride(0), DOT_IN_INPUT_DTYPE=g2d.dtype != torch.float32 and not interpreting(),
+            BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk,
+        )
+    return h, zg, zu
 
 
 # ----------------------------------------------------------------------------- PyTorch references
@@ -99,6 +164,32 @@ def swiglu_backward(dh: torch.Tensor, g: torch.Tensor, u: torch.Tensor, kernel: 
     if resolve_kernel(kernel, g.device) == "torch":
         return torch_swiglu_backward(dh, g, u)
     return _triton_swiglu_backward(dh.contiguous(), g.contiguous(), u.contiguous())
+
+
+def torch_swiglu_project_forward(g2d, u2d, qg, qu):
+    """Reference of the fused forward: the SwiGLU reference plus fused_project's 16-bit reference."""
+    from .projection import torch_fused_project
+
+    return torch_swiglu_forward(g2d, u2d), torch_fused_project(g2d, qg, 16)[0], torch_fused_project(u2d, qu, 16)[0]
+
+
+def swiglu_project_forward(g2d: torch.Tensor, u2d: torch.Tensor, qg: torch.Tensor, qu: torch.Tensor,
+                           kernel: str = "auto"):
+    """(h, Zg, Zu): h = silu(g)·u and the PRAC projections Zg = g·qg, Zu = u·qu, g and u read once.
+
+    Zg, Zu are what `fused_project(., q, 16)` returns; 8-bit storage quantizes them afterwards.
+    This is the SwiGLU with its nonlinear compression fused in.
+    """
+    _check(g2d=g2d, u2d=u2d)
+    if g2d.dim() != 2:
+        raise ValueError(f"g2d: expected a 2-D tensor [N, n], got shape {tuple(g2d.shape)}")
+    for name, q in (("qg", qg), ("qu", qu)):
+        if not isinstance(q, torch.Tensor) or q.dim() != 2 or q.shape[0] != g2d.shape[1]:
+            raise ValueError(f"{name}: expected a 2-D tensor with {g2d.shape[1]} rows, got "
+                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    if resolve_kernel(kernel, g2d.device) == "torch":
+        return torch_swiglu_project_forward(g2d, u2d, qg, qu)
+    return _triton_swiglu_project(g2d.contiguous(), u2d.contiguous(), qg.float(), qu.float())
 
 
 class SwiGLUFunction(torch.autograd.Function):

@@ -13,20 +13,41 @@ import math
 import torch
 import torch.nn.functional as F
 
-from prac_dist.kernels.swiglu import swiglu_backward, swiglu_forward
+from prac_dist.core.storage import pack_projected
+from prac_dist.kernels.dispatch import resolve_kernel
+from prac_dist.kernels.swiglu import swiglu_backward, swiglu_forward, swiglu_project_forward
 from prac_dist.ops._saved import restored_input, stored_input
 
 __all__ = ["LeanSwiGLUFunction", "LeanGELUFunction", "lean_swiglu", "lean_gelu", "GELU_APPROXIMATIONS"]
 
 
 class LeanSwiGLUFunction(torch.autograd.Function):
-    """Forward and backward are prac_dist.kernels' SwiGLU: Triton on CUDA, its PyTorch reference elsewhere."""
+    """Forward and backward are prac_dist.kernels' SwiGLU: Triton on CUDA, its PyTorch reference elsewhere.
+
+    With compressors on the Triton path, h and both inputs' projections are one kernel
+    (swiglu_project_forward): g and u are read once.
+    """
 
     @staticmethod
-    def forward(ctx, g, u, comp_g, comp_u, n_g, kernel, *saved):
-        ctx.comps, ctx.n_g, ctx.shape, ctx.dtype, ctx.kernel = (comp_g, comp_u), n_g, g.shape, g.dtype, kernel
-        ctx.save_for_backward(*saved)
-        return swiglu_forward(g, u, kernel)
+    def forward(ctx, g, u, comp_g, comp_u, kernel):
+        n = g.shape[-1]
+        g2d, u2d = g.reshape(-1, n), u.reshape(-1, n)
+        for comp, x2d in ((comp_g, g2d), (comp_u, u2d)):
+            if comp is not None:  # (autograd runs forward with grad off: compress directly, not via stored_input)
+                comp.refresh(x2d)
+        if comp_g is not None and comp_u is not None and resolve_kernel(kernel, g.device) == "triton":
+            h, zg, zu = swiglu_project_forward(g2d, u2d, comp_g.q_fwd(g.dtype, g.device),
+                                               comp_u.q_fwd(u.dtype, u.device), kernel)
+            saved_g = pack_projected(zg, comp_g.storage_bits, kernel)
+            saved_u = pack_projected(zu, comp_u.storage_bits, kernel)
+            h = h.reshape(g.shape)
+        else:
+            h = swiglu_forward(g, u, kernel)
+            saved_g = comp_g.compress(g2d) if comp_g is not None else (g,)
+            saved_u = comp_u.compress(u2d) if comp_u is not None else (u,)
+        ctx.comps, ctx.n_g, ctx.shape, ctx.dtype, ctx.kernel = (comp_g, comp_u), len(saved_g), g.shape, g.dtype, kernel
+        ctx.save_for_backward(*saved_g, *saved_u)
+        return h
 
     @staticmethod
     def backward(ctx, dh):
@@ -35,14 +56,13 @@ class LeanSwiGLUFunction(torch.autograd.Function):
         g = restored_input(saved[: ctx.n_g], comp_g, ctx.shape, ctx.dtype)
         u = restored_input(saved[ctx.n_g:], comp_u, ctx.shape, ctx.dtype)
         dg, du = swiglu_backward(dh, g, u, ctx.kernel)
-        return (dg, du, None, None, None, None) + (None,) * len(saved)
+        return dg, du, None, None, None
 
 
 def lean_swiglu(g, u, comp_g=None, comp_u=None, kernel="auto"):
     if not torch.is_grad_enabled():
         return swiglu_forward(g, u, kernel)
-    saved_g, saved_u = stored_input(g, comp_g), stored_input(u, comp_u)
-    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, len(saved_g), kernel, *saved_g, *saved_u)
+    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, kernel)
 
 
 # HF activation names -> the GELU variant they compute.

@@ -13,10 +13,11 @@ import torch
 
 from _kernels_testutil import DTYPES, U32, assert_within, kernel_device
 from prac_dist.kernels import (quantize, rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward,
-                               swiglu_backward, swiglu_forward)
+                               swiglu_backward, swiglu_forward, swiglu_project_forward)
 from prac_dist.kernels.rmsnorm import (RMSNormFunction, torch_rmsnorm_backward, torch_rmsnorm_forward,
                                       torch_rmsnorm_project_forward)
-from prac_dist.kernels.swiglu import SwiGLUFunction, torch_swiglu_backward, torch_swiglu_forward
+from prac_dist.kernels.swiglu import (SwiGLUFunction, torch_swiglu_backward, torch_swiglu_forward,
+                                     torch_swiglu_project_forward)
 
 DEVICE = kernel_device()
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -136,6 +137,24 @@ def test_rmsnorm_project_forward_matches_reference(N, n, r, dtype):
     assert codes.dtype == torch.int8 and scale.shape == (N,)
     # Stochastic rounding moves each code by less than one step of its row's scale.
     assert ((codes.float() * scale[:, None] - z.float()).abs() <= scale[:, None] * (1 + 1e-6)).all()
+
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("N,n,rg,ru", [(1, 17, 5, 5), (7, 64, 33, 20), (129, 250, 70, 130)])
+def test_swiglu_project_forward_matches_reference(N, n, rg, ru, dtype):
+    # The fused SwiGLU + both projections: h as the SwiGLU kernel, Zg and Zu as the 16-bit
+    # projection (rg != ru: the column tiles past the shorter basis store only the longer one).
+    g, u = _rand(N, n, dtype=dtype, seed=1), _rand(N, n, dtype=dtype, seed=2)
+    qg = _rand(n, rg, dtype=torch.float32, seed=3) / n ** 0.5
+    qu = _rand(n, ru, dtype=torch.float32, seed=4) / n ** 0.5
+    h, zg, zu = swiglu_project_forward(g, u, qg, qu, kernel="triton")
+    h_ref, zg_ref, zu_ref = torch_swiglu_project_forward(g, u, qg, qu)
+    # Bounds as in test_swiglu_matches_reference (h) and test_rmsnorm_project_forward_matches_reference (Z).
+    assert_within(h, h_ref, 8 * U32 * h_ref.float().abs(), ulps=1.5, what="h")
+    for z, z_ref, x, q, what in ((zg, zg_ref, g, qg, "zg"), (zu, zu_ref, u, qu, "zu")):
+        bound = n * U32 * (x.float().abs() @ q.to(dtype).float().abs())
+        assert_within(z, z_ref, bound, ulps=1.5, what=what)
 
 
 @pytest.mark.parametrize("compress_nonlinear", [False, True], ids=["lean", "compressed"])
