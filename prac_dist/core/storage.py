@@ -41,27 +41,27 @@ def _use_triton(kernel: str, device: torch.device) -> bool:
 
 @torch.no_grad()
 def pack(x2d: torch.Tensor, q_fwd: torch.Tensor, bits: int, kernel: str = "torch") -> tuple:
+    """Stored form of x2d: its projection Z = x2d·q_fwd, kept as `pack_projected` keeps it."""
     if _use_triton(kernel, x2d.device):
         from prac_dist.kernels import fused_project
 
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if bits == 8 else None
-        z, scale = fused_project(x2d, q_fwd.float(), bits, seed, kernel=kernel)
-        return tuple(mark_compressed(t) for t in ((z,) if scale is None else (z, scale)))
-    z = x2d @ q_fwd
-    if bits == 16:
-        return (mark_compressed(z),)
-    return tuple(mark_compressed(t) for t in quantize_int8_sr(z))
+        z, _ = fused_project(x2d, q_fwd.float(), 16, kernel=kernel)
+    else:
+        z = x2d @ q_fwd
+    return pack_projected(z, bits, kernel)
 
 
 @torch.no_grad()
 def pack_projected(z: torch.Tensor, bits: int, kernel: str = "torch") -> tuple:
-    """Stored form of a Z already projected (by a fused norm kernel): as `pack` would store it."""
+    """Stored form of a projected Z: itself at 16 bits, (int8 codes, float32 row scales) at 8."""
     if bits == 16:
         return (mark_compressed(z),)
     if _use_triton(kernel, z.device):
         from prac_dist.kernels import quantize
 
-        return tuple(mark_compressed(t) for t in quantize(z, int(torch.randint(0, 2**31 - 1, (1,)).item()), kernel))
+        # The seed comes from torch's default generator, which activation checkpointing restores.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        return tuple(mark_compressed(t) for t in quantize(z, seed, kernel))
     return tuple(mark_compressed(t) for t in quantize_int8_sr(z))
 
 
