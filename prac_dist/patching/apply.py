@@ -251,16 +251,16 @@ def _reallocate(state: PRACState) -> None:
     bases = state.global_bases()
     if not bases or any(c.curve is None for c in bases.values()):
         return
-    total = sum(_initial_budget(state.config, c) for c in bases.values())
-    budgets = allocate_budgets({k: c.curve for k, c in bases.items()}, total)
+    budgets = allocate_budgets({k: c.curve for k, c in bases.items()}, _global_total(state.config, bases))
     for name, comp in bases.items():
         comp.curve = None
         if budgets[name] != comp.budget:
             comp.budget, comp.principal_due, comp.followup = budgets[name], True, True
 
 
-def _initial_budget(cfg: PRACConfig, comp: Compressor) -> int:
-    return sum(cfg.ranks(comp.n, nonlinear=False))
+def _global_total(cfg: PRACConfig, bases: Dict[str, Compressor]) -> int:
+    """Σ r1 + r2 the ratios give these bases: what adaptive_rank='global' may redistribute."""
+    return sum(sum(cfg.ranks(c.n, nonlinear=False)) for c in bases.values())
 
 
 def hook_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
@@ -289,7 +289,7 @@ def load_prac_state_dict(model: nn.Module, sd: dict) -> None:
     for name, comp in state.compressors.items():
         comp.load_state_dict(sd["compressors"][name], device=device)
     bases = state.global_bases()
-    total, expected = sum(c.budget for c in bases.values()), sum(_initial_budget(state.config, c) for c in bases.values())
+    total, expected = sum(c.budget for c in bases.values()), _global_total(state.config, bases)
     if total != expected:
         raise ValueError(f"PRAC state: the linear bases' r1 + r2 add up to {total} in the checkpoint, {expected} "
                          f"for this model's ratios (adaptive_rank='global' keeps the total; the ratios must match)")
