@@ -15,32 +15,46 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-__all__ = ["parallelize", "find_decoder_layers"]
+from prac_dist.models.registry import ARCHITECTURES, architecture_of
 
-# Where Hugging Face causal LMs keep their decoder blocks, by attribute path. The first match wins.
-_LAYER_PATHS = (
-    "model.layers",          # LLaMA, Mistral, Qwen2, Gemma, Phi-3 (…ForCausalLM)
-    "transformer.h",         # GPT-2, GPT-J, Falcon, BLOOM
-    "model.decoder.layers",  # OPT
-    "gpt_neox.layers",       # GPT-NeoX, Pythia
-    "layers",                # a bare LlamaModel / MistralModel
-    "h",                     # a bare GPT2Model
-)
+__all__ = ["parallelize", "find_decoder_layers"]
 
 
 def find_decoder_layers(model: nn.Module, layers_path: Optional[str] = None) -> nn.ModuleList:
-    """The model's ModuleList of decoder blocks (`model.model.layers`, `model.transformer.h`, ...)."""
-    paths = (layers_path,) if layers_path is not None else _LAYER_PATHS
-    for path in paths:
+    """The model's ModuleList of decoder blocks (`model.model.layers`, `model.transformer.h`, ...).
+
+    layers_path, else the registry's path for the model type, else (a family outside the registry, or a
+    bare base model) the ModuleList of same-class blocks holding the most parameters.
+    """
+    arch = architecture_of(model)
+    path = layers_path if layers_path is not None else arch.layers_path if arch is not None else None
+    if path is not None:
         found = _get_path(model, path)
         if isinstance(found, nn.ModuleList) and len(found) > 0:
             return found
-    if layers_path is not None:
-        raise ValueError(f"layers_path={layers_path!r}: {type(model).__name__} has no non-empty nn.ModuleList there")
-    raise ValueError(
-        f"cannot find the decoder blocks of {type(model).__name__}: tried {list(_LAYER_PATHS)}; "
-        f"pass layers_path='dotted.path.to.ModuleList'"
-    )
+        if layers_path is not None:
+            raise ValueError(f"layers_path={layers_path!r}: {type(model).__name__} has no non-empty "
+                             f"nn.ModuleList there")
+    found = _largest_block_list(model)
+    if found is None:
+        registered = sorted({a.layers_path for a in ARCHITECTURES.values()})
+        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: not at a registered path "
+                         f"{registered} and no nn.ModuleList of same-class blocks; "
+                         f"pass layers_path='dotted.path.to.ModuleList'")
+    return found
+
+
+def _largest_block_list(model: nn.Module) -> Optional[nn.ModuleList]:
+    best, best_params = None, 0
+    for module in model.modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        params = sum(p.numel() for p in module.parameters())
+        if params > best_params:
+            best, best_params = module, params
+    return best
 
 
 def parallelize(

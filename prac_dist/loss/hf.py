@@ -1,6 +1,6 @@
 """Install the chunked linear + cross-entropy loss on Hugging Face causal LMs.
 
-HF's causal-LM forward is, for every model in `_SUPPORTED`:
+HF's causal-LM forward is, for every registered family with `fused_loss` (prac_dist.models.registry):
 
     hidden = self.model(...).last_hidden_state
     logits = self.lm_head(hidden)
@@ -30,14 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prac_dist.models.registry import ARCHITECTURES
+
 from .linear_cross_entropy import linear_cross_entropy
 
 __all__ = ["install_fused_loss", "uninstall_fused_loss", "is_fused_loss_installed"]
 
-# Causal LMs whose forward is exactly "lm_head(hidden) then self.loss_function(logits, labels, ...)"
-# (checked against transformers 5.x sources). Models that post-process logits
-# (Gemma's soft-capping, Cohere's logit scale) are not listed: fusing them would change the loss.
-_SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel")
+# Causal LMs whose forward is exactly "lm_head(hidden) then self.loss_function(logits, labels, ...)":
+# the registry's word (Architecture.fused_loss), so a registered family cannot miss the fused loss.
+_SUPPORTED = tuple(a.causal_lm for a in ARCHITECTURES.values() if a.fused_loss)
 _ATTR = "_prac_fused_loss"
 
 
@@ -141,8 +142,8 @@ def install_fused_loss(model: nn.Module, chunk_size: Optional[int] = None) -> bo
     """Make `model(..., labels=...)` compute its loss with the chunked linear + cross-entropy.
 
     Returns True when installed (or already installed), False when not applicable
-    (not one of LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
-    GPT2LMHeadModel or a subclass; head not an nn.Linear; a custom loss function).
+    (not a registered causal LM with `fused_loss` (prac_dist.models.registry) or a subclass;
+    head not an nn.Linear; a custom loss function).
     The loss equals HF's to float32 rounding; on a fused call `out.logits` is None.
     Call before `deepspeed.initialize` / `fully_shard`, like `apply_prac`.
     """

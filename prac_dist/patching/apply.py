@@ -13,7 +13,7 @@ from prac_dist.core.subspace import Compressor, allocate_budgets
 from prac_dist.ops.activation import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
                                         linear_shape)
-from prac_dist.patching.registry import ARCHITECTURES, Architecture, supported_model_types
+from prac_dist.models.registry import ARCHITECTURES, Architecture, supported_model_types
 
 __all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
            "prac_stats", "is_prac_model", "get_prac_state", "PRACState"]

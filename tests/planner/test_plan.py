@@ -70,7 +70,7 @@ def test_config_input_matches_preset():
 
 
 @pytest.mark.parametrize("kwargs,field", [
-    (dict(model="llama_7b"), "model='llama_7b'"),
+    (dict(model="llama_70b"), "model='llama_70b'"),
     (dict(micro_batch=0), "micro_batch=0"),
     (dict(seq_len=2.5), "seq_len=2.5"),
     (dict(engine="zero4"), "engine='zero4'"),

@@ -78,11 +78,11 @@ def test_missing_and_unsupported_files(tmp_path):
 ])
 def test_paper_presets(name, shape):
     p = PRESETS[name]
-    assert (p.hidden_size, p.num_hidden_layers, p.num_attention_heads, p.intermediate_size) == shape
-    assert p.vocab_size == 32000
+    assert (p.hidden, p.layers, p.heads, p.ffn) == shape
+    assert p.vocab == 32000
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = build_model(ModelConfig(preset=name), seq_len=256, seed=0)
-    assert sum(x.numel() for x in model.parameters()) == p.n_params()
+    assert sum(x.numel() for x in model.parameters()) == p.num_parameters()
 
 
 def test_tiny_preset_and_vocab_check(tok):
