@@ -1,21 +1,50 @@
-"""Hardware and software description stored with every benchmark result."""
+"""One schema for every benchmarks/results/*.json, with the hardware named.
+
+    {
+      "benchmark": "storage_bits",            # the script's name (benchmarks/<name>.py)
+      "environment": {                        # where the numbers were measured
+        "cpu": "AMD EPYC", "cpu_count": 2,    # required: the CPU (model name, else the architecture)
+        "gpu": null,                          # required: the GPU's name, or null when none was used
+        "torch": "2.13.0+cpu", "python": "3.11.7",   # required
+        ... optional: torch_threads, triton, transformers, deepspeed, cuda, driver, gpu_memory_gib, note
+      },
+      ... the benchmark's own fields (rows, args, seconds, command, ...)
+    }
+
+Writers call `write_result(path, "name", fields)`; tests/benchmarks/test_results_schema.py checks
+every committed file with `check_result`, so a new benchmark cannot drift to a second schema.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
 
 import torch
 
+__all__ = ["environment", "write_result", "check_result", "REQUIRED_ENVIRONMENT"]
 
-def environment() -> dict:
+# Field -> accepted types; None in the tuple means the field may be null.
+REQUIRED_ENVIRONMENT = {"cpu": (str,), "cpu_count": (int, type(None)), "gpu": (str, type(None)),
+                        "torch": (str,), "python": (str,)}
+# Versions recorded when the benchmark already imported them (importing deepspeed just to ask costs ~5 s).
+_OPTIONAL_PACKAGES = ("triton", "transformers", "deepspeed", "prac_dist")
+
+
+def environment(**extra: Any) -> dict:
+    """The machine and software of this process; `extra` adds fields (e.g. note='loaded machine')."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    env = {
+    env: Dict[str, Any] = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -23,10 +52,59 @@ def environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    try:
-        import triton
-
-        env["triton"] = triton.__version__
-    except ImportError:
-        env["triton"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu_count=torch.cuda.device_count(), gpu_memory_gib=props.total_memory / 2**30,
+                   cuda=torch.version.cuda, driver=_nvidia_driver())
+    for name in _OPTIONAL_PACKAGES:
+        module = sys.modules.get(name)
+        if name == "triton" and module is None:
+            try:
+                import triton as module  # noqa: F811 - cheap, and kernel numbers depend on it
+            except ImportError:
+                module = None
+        env[name] = getattr(module, "__version__", None) if module is not None else None
+    env.update(extra)
     return env
+
+
+def _nvidia_driver():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return out.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def check_result(result: Any) -> List[str]:
+    """Problems that keep `result` from following the schema above (empty when it does)."""
+    if not isinstance(result, Mapping):
+        return [f"top level is {type(result).__name__}, expected an object"]
+    problems = []
+    if not isinstance(result.get("benchmark"), str) or not result.get("benchmark"):
+        problems.append(f"benchmark={result.get('benchmark')!r}: expected the script's name")
+    env = result.get("environment")
+    if not isinstance(env, Mapping):
+        return problems + [f"environment={env!r}: expected an object naming the hardware"]
+    for key, types in REQUIRED_ENVIRONMENT.items():
+        if key not in env:
+            problems.append(f"environment.{key}: missing")
+        elif not isinstance(env[key], types) or isinstance(env[key], bool):
+            problems.append(f"environment.{key}={env[key]!r}: expected {' or '.join(t.__name__ for t in types)}")
+    for legacy in ("hardware", "software"):
+        if legacy in result:
+            problems.append(f"{legacy}: the old schema's key; its fields belong in environment")
+    return problems
+
+
+def write_result(path, benchmark: str, fields: Mapping[str, Any], **env_extra: Any) -> Path:
+    """Write `fields` as benchmarks/results JSON under the one schema; returns the path."""
+    result = {"benchmark": benchmark, "environment": environment(**env_extra), **fields}
+    problems = check_result(result)
+    if problems:
+        raise ValueError(f"benchmark result {path}: " + "; ".join(problems))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path

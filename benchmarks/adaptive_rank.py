@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _bench_env import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("off", "min_variance", "global")
@@ -83,10 +84,8 @@ def main(argv=None) -> None:
         print(f"{policy:<13} {r['stored_bytes'] / 2**20:>10.2f} {r['mean_val_loss']:>14.4f} "
               f"{' '.join(f'{v:.4f}' for v in losses):>20}")
     results = {"config": args.config, "max_steps": args.max_steps, "seeds": args.seeds, "policies": rows,
-               "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-               "software": {"torch": torch.__version__, "python": platform.python_version()},
                "seconds": time.perf_counter() - t0}
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_result(args.out, "adaptive_rank", results)
     print(f"wrote {args.out}")
 
 

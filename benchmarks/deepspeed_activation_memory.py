@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -28,12 +27,13 @@ for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MA
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist.deepspeed import CompressedActivationOffload, OffloadConfig  # noqa: E402
 from prac_dist.memory import measure_saved_bytes  # noqa: E402
+
+from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_activation_memory.json"
 
@@ -116,15 +116,9 @@ def main() -> int:
     print(f"  linear layers: {lin:.3f} of the full activations (expected (r1 + r2)/n ~ 0.6)")
     print(f"  defaults incl. norm/SwiGLU inputs: {everything:.3f} of the same tensors uncompressed")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    write_result(RESULTS, "deepspeed_activation_memory", {
         "shape": vars(args), "saved_for_backward": rows, "offload_traffic": traffic,
-        "offload_ratio_linear": lin, "offload_ratio_defaults": everything,
-        "hardware": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "gpu": None},
-        "software": {"python": sys.version.split()[0], "torch": torch.__version__,
-                     "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
-                     "prac_dist": prac_dist.__version__},
-    }, indent=2))
+        "offload_ratio_linear": lin, "offload_ratio_defaults": everything})
     print(f"\nwrote {RESULTS}")
     return 0
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_gpu.json"
 # LLaMA-350M as in GaLore / the PRAC paper: hidden 1024, 24 layers, 16 heads, ffn 2736, vocab 32000.
@@ -103,7 +104,7 @@ def main() -> int:
         print("deepspeed_gpu.py needs a CUDA GPU; nothing measured", file=sys.stderr)
         return 1
     import deepspeed
-    import transformers
+    import transformers  # noqa: F401 - its version goes into the result's environment
 
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", args.local_rank)))
     deepspeed.init_distributed()
@@ -124,16 +125,9 @@ def main() -> int:
             print(f"{name:<22}{shown}", flush=True)
 
     if torch.distributed.get_rank() == 0:
-        props = torch.cuda.get_device_properties(0)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({
+        write_result(RESULTS, "deepspeed_gpu", {
             "model": "LLaMA-350M", "batch_per_gpu": args.batch, "seq": args.seq, "steps_timed": args.steps - 2,
-            "world_size": torch.distributed.get_world_size(), "rows": rows,
-            "hardware": {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30,
-                         "cuda": torch.version.cuda, "host": platform.node(), "cpus": os.cpu_count()},
-            "software": {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
-                         "transformers": transformers.__version__, "python": sys.version.split()[0]},
-        }, indent=2))
+            "world_size": torch.distributed.get_world_size(), "rows": rows}, host=platform.node())
         print(f"wrote {RESULTS}")
     return 0
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_gpu.json"
 
@@ -95,22 +95,12 @@ def main(argv=None) -> int:
     rows = [run_one("baseline", None, args, mesh, device),
             run_one("prac (paper defaults)", PRACConfig(), args, mesh, device)]
     if env.rank == 0:
-        import transformers
-
-        props = torch.cuda.get_device_properties(device)
-        result = {
-            "config": vars(args) | {"out": str(args.out)}, "world_size": env.world_size, "rows": rows,
-            "hardware": {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30,
-                         "gpus": env.world_size, "cpu": platform.processor() or platform.machine()},
-            "software": {"torch": torch.__version__, "cuda": torch.version.cuda,
-                         "transformers": transformers.__version__, "python": platform.python_version()},
-        }
+        result = {"config": vars(args) | {"out": str(args.out)}, "world_size": env.world_size, "rows": rows}
         print(f"{'run':<24} {'status':>6} {'peak GiB':>9} {'tokens/s':>10} {'s/step':>7}")
         for r in rows:
             print(f"{r['label']:<24} {r['status']:>6} {r['peak_gib_max_rank']:>9.2f} "
                   f"{r.get('tokens_per_s', float('nan')):>10.0f} {r.get('step_s', float('nan')):>7.3f}")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_result(args.out, "fsdp_gpu", result)
         print(f"wrote {args.out}")
     dist.destroy_process_group()
     return 0

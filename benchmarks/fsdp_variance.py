@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +36,8 @@ from typing import Dict, Iterable, List
 
 import torch
 import torch.distributed as dist
+
+from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_variance.json"
 CASES = ("replicated", "replicated_shared", "split")
@@ -170,18 +169,11 @@ def main(argv=None) -> int:
     result = measure(args.reps)
     result["seconds"] = round(time.time() - start, 1)
     if dist.get_rank() == 0:
-        result["hardware"] = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
-                              "cpus": os.cpu_count(),
-                              "device": "cpu", "backend": dist.get_backend()}
-        import transformers
-
-        result["software"] = {"python": platform.python_version(), "torch": torch.__version__,
-                              "transformers": transformers.__version__}
+        result["backend"] = dist.get_backend()
         result["command"] = "torchrun --nproc_per_node %d benchmarks/fsdp_variance.py --reps %d" % (
             dist.get_world_size(), args.reps)
         print(_table(result))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        write_result(args.out, "fsdp_variance", result)
         print(f"wrote {args.out}")
     dist.destroy_process_group()
     return 0

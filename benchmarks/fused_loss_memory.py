@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner.presets import PRESETS, build_model
+
+from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -79,20 +80,13 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['setting']:<34} {r['saved_bytes'] / 2**20:>9.1f} {r['ratio_to_baseline']:>7.3f} {r['loss']:>9.4f}")
     result = {
-        "benchmark": "fused_loss_memory",
         "model": args.model, "shape": PRESETS[args.model].__dict__, "batch": args.batch, "seq": args.seq,
         "dtype": args.dtype, "attn_implementation": "sdpa", "rows": rows,
         "target": "PRAC defaults (fused loss) <= 0.40 x HF baseline",
         "meets_target": rows[-1]["ratio_to_baseline"] <= 0.40,
         "seconds": round(time.time() - t0, 1),
-        "hardware": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                     "cpus": __import__("os").cpu_count(), "device": "cpu"},
-        "software": {"python": sys.version.split()[0], "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__, "prac_dist": prac_dist.__version__},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, "fused_loss_memory", result)
     print(f"wrote {out}")
     return 0
 

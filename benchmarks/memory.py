@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import torch
 from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.train.models import PRESETS
+
+from _bench_env import write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,
@@ -74,11 +75,7 @@ def main(argv=None) -> None:
                          "depth (130M: 1 layer and 12 layers give the same ratios), so 1B fits a CPU budget.")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
     args = ap.parse_args(argv)
-    results = {"batch": args.batch, "seq": args.seq, "dtype": "bfloat16", "attention": "sdpa",
-               "hardware": f"{platform.machine()} CPU ({torch.get_num_threads()} threads)",
-               "software": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                            "python": platform.python_version()},
-               "models": {}}
+    results = {"batch": args.batch, "seq": args.seq, "dtype": "bfloat16", "attention": "sdpa", "models": {}}
     if Path(args.out).exists():  # runs at different depths accumulate into one results file
         results["models"] = json.loads(Path(args.out).read_text()).get("models", {})
     print(f"{'model':<11} {'layers':>6} {'setting':<20} {'MiB/seq':>9} {'units':>6} {'ratio':>6}")
@@ -88,8 +85,7 @@ def main(argv=None) -> None:
         for setting, r in res["settings"].items():
             print(f"{name:<11} {res['layers_measured']:>6} {setting:<20} {r['total_bytes'] / 2**20 / args.batch:>9.1f} "
                   f"{r['units_per_token_layer']:>6.2f} {r['ratio_to_baseline']:>6.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_result(args.out, "memory", results)
     print(f"wrote {args.out}")
 
 

@@ -12,8 +12,6 @@ enters dX, and with a Q1 from older batches the c-amplified random part makes sm
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,6 +19,8 @@ import torch
 
 from prac_dist import PRACConfig, apply_prac, hook_optimizer
 from prac_dist.train.data import load_tokenizer, resolve_path
+
+from _bench_env import write_result  # noqa: E402
 
 VOCAB, SEQ, BATCH = 2048, 64, 16
 SETTINGS = {
@@ -71,9 +71,7 @@ def main(argv=None) -> None:
 
     logging.set_verbosity_error()
     train, val = data()
-    results = {"steps": args.steps, "vocab": VOCAB, "seq": SEQ, "batch": BATCH, "val_loss": {},
-               "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-               "software": {"torch": torch.__version__, "python": platform.python_version()}}
+    results = {"steps": args.steps, "vocab": VOCAB, "seq": SEQ, "batch": BATCH, "val_loss": {}}
     t0 = time.perf_counter()
     print(f"{'hidden':>6} {'setting':<24} {'val loss':>9}")
     for hidden in args.hidden:
@@ -82,7 +80,7 @@ def main(argv=None) -> None:
             results["val_loss"].setdefault(str(hidden), {})[name] = loss
             print(f"{hidden:>6} {name:<24} {loss:>9.4f}", flush=True)
     results["seconds"] = time.perf_counter() - t0
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    write_result(args.out, "nonlinear_refresh", results)
     print(f"wrote {args.out}")
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,19 +165,12 @@ class Bench:
         return {"max_batch": lo, "capped_at_limit": False, "first_failing_batch": hi}
 
 
-def hardware(device: torch.device) -> Dict:
+def gpu_extras(device: torch.device) -> Dict:
+    """Fields beyond _bench_env.environment() that a GPU table needs (the GPU itself is named there)."""
     if device.type != "cuda":
-        return {"device": "cpu (dry run: no GPU numbers)"}
+        return {"note": "dry run on CPU: no GPU numbers"}
     props = torch.cuda.get_device_properties(device)
-    driver = None
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        pass
-    return {"gpu": props.name, "gpu_memory_bytes": props.total_memory, "driver": driver,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "capability": f"{props.major}.{props.minor}"}
+    return {"cudnn": torch.backends.cudnn.version(), "capability": f"{props.major}.{props.minor}"}
 
 
 def goals(results: Dict) -> Dict:
@@ -291,9 +283,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "data": "uniform random token ids", "tiny": args.tiny},
            "prac_configs": {k: (v().to_dict() if v else None) for k, v in SETTINGS.items() if k in args.settings},
            "results": results, "goals_llama_130m": goals(results),
-           "hardware": hardware(device),
-           "software": {**environment(), "transformers": transformers.__version__,
-                        "prac_dist": prac_dist.__version__},
+           "environment": environment(**gpu_extras(device)),
            "wall_s": time.perf_counter() - t0}
     path = args.out if args.out is not None else (RESULTS if device.type == "cuda" else None)
     if path is not None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,8 @@ from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner import PRESETS, Setting, build_model, saved_bytes
+
+from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -86,17 +86,12 @@ def main(argv=None) -> int:
     worst = max(abs(r["relative_error"]) for r in rows)
     print(f"worst |error| {worst:.3%} (target <= 5%)")
     result = {
-        "benchmark": "planner_accuracy", "batch": args.batch, "seq": args.seq, "dtype": "bfloat16",
+        "batch": args.batch, "seq": args.seq, "dtype": "bfloat16",
         "attn_implementation": "sdpa", "rows": rows, "worst_abs_relative_error": worst,
         "meets_target": worst <= 0.05, "seconds": round(time.time() - t0, 1),
         "note": "CPU measurement of saved bytes; the GPU peak check (max_memory_allocated) was not run: no GPU",
-        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "device": "cpu"},
-        "software": {"python": sys.version.split()[0], "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__, "prac_dist": prac_dist.__version__},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(args.out, "planner_accuracy", result)
     print(f"wrote {out}")
     return 0 if worst <= 0.05 else 1
 

@@ -22,7 +22,10 @@ END = "<!-- END generated -->"
 
 
 def _env_line(env: dict) -> str:
-    return (f"{env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch thread), "
+    n = env.get("torch_threads")  # older results recorded no thread count
+    threads = f", {n} torch thread{'s' if n != 1 else ''}" if n else ""
+    cores = f"{env['cpu_count']} cores" if env.get("cpu_count") else "cores not recorded"
+    return (f"{env.get('cpu')} ({cores}{threads}), "
             f"GPU {env.get('gpu') or 'none'}; Python {env.get('python')}, torch {env.get('torch')}")
 
 
@@ -96,8 +99,8 @@ def paper_table(res: Optional[dict]) -> List[str]:
     out = ["### Paper Table 2 setting on a GPU (`benchmarks/results/paper_table.json`)", ""]
     if res is None:
         return out + ["Not measured yet: no GPU was available. Run `python benchmarks/paper_table.py` on one.", ""]
-    hw = res["hardware"]
-    out += [f"{hw.get('gpu')}, driver {hw.get('driver')}, CUDA {hw.get('cuda')}; torch {res['software']['torch']}. "
+    hw = res["environment"]
+    out += [f"{hw.get('gpu')}, driver {hw.get('driver')}, CUDA {hw.get('cuda')}; torch {hw['torch']}. "
             f"Sequence {res['setting']['seq']}, {res['setting']['dtype']}.", "",
             "| model | setting | batch | peak GiB | tokens/s | max batch | tokens/s at max |", "|---|---|---|---|---|---|---|"]
     for model, rows in res["results"].items():
@@ -117,7 +120,7 @@ def adaptive_training_table(res: Optional[dict]) -> List[str]:
     seeds = res["seeds"]
     out = ["### Adaptive ranks in training (`benchmarks/results/adaptive_rank.json`)", "",
            f"`{res['config']}`, {res['max_steps']} steps, final validation loss per seed; bytes saved for "
-           f"backward measured on one batch after the ranks moved. Hardware: {res['hardware']}.", "",
+           f"backward measured on one batch after the ranks moved. Hardware: {_env_line(res['environment'])}.", "",
            "| adaptive_rank | saved MiB | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | mean − fixed |",
            "|---" * (len(seeds) + 4) + "|"]
     base = res["policies"]["off"]["mean_val_loss"]
