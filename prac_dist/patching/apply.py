@@ -14,6 +14,8 @@ from prac_dist.ops.activation import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
                                         linear_shape)
 from prac_dist.models.registry import ARCHITECTURES, Architecture, supported_model_types
+from prac_dist.patching.watch import watch_forwards
+from prac_dist.patching.wrappers import base_layer, swap_site, unwrap, unwrap_chain
 
 __all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
            "prac_stats", "is_prac_model", "get_prac_state", "PRACState"]
@@ -28,6 +30,12 @@ class PRACState:
     swaps: List[Tuple[nn.Module, str, nn.Module]] = field(default_factory=list)
     step: int = 0
     fused_loss: bool = False
+    handles: list = field(default_factory=list)
+    """Hooks and instance-attribute patches remove_prac takes off (each has .remove())."""
+    forwards: int = 0
+    """Training forwards counted while step() was never called (see patching/watch.py)."""
+    warned_no_step: bool = False
+    reported: set = field(default_factory=set)
 
     def global_bases(self) -> Dict[str, Compressor]:
         """The bases whose r1 + r2 adaptive_rank='global' moves (the linear layers')."""
@@ -39,6 +47,7 @@ def _is_conv1d(m: nn.Module) -> bool:
 
 
 def _is_linear(m: nn.Module) -> bool:
+    m = base_layer(m)  # a PEFT LoRA layer is the linear it wraps
     return isinstance(m, nn.Linear) or _is_conv1d(m)
 
 
@@ -66,8 +75,10 @@ def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool) -> Comp
 
 
 def _swap(state: PRACState, parent: nn.Module, attr: str, new: nn.Module) -> None:
-    state.swaps.append((parent, attr, getattr(parent, attr)))
-    setattr(parent, attr, new)
+    # Recorded under the outer name: a PEFT layer may wrap the PRAC module later (patching/wrappers.py).
+    site, name = swap_site(parent, attr)
+    state.swaps.append((parent, attr, getattr(site, name)))
+    setattr(site, name, new)
 
 
 def _linear_groups(model: nn.Module, arch: Optional[Architecture], targets: Optional[set]):
@@ -123,7 +134,12 @@ def _architecture(model: nn.Module, cfg: PRACConfig) -> Optional[Architecture]:
 
 
 def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Module:
-    """Swap the model's linear (and norm/MLP) modules for PRAC ones, in place; same Parameters."""
+    """Swap the model's linear (and norm/MLP) modules for PRAC ones, in place; same Parameters.
+
+    `model` may be a PEFT model (before or after get_peft_model both work) or an engine-wrapped one:
+    the innermost model is patched and returned inside its wrappers.
+    """
+    wrapped, model = model, unwrap(model)
     cfg = config or PRACConfig()
     if not isinstance(cfg, PRACConfig):
         raise ValueError(f"apply_prac: config must be a PRACConfig, got {type(cfg).__name__}")
@@ -145,14 +161,15 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
         comp = _new_compressor(cfg, gname, n, nonlinear=False)
         state.compressors[gname] = comp
         for member in members:
-            module = getattr(parent, member)
+            module = base_layer(getattr(parent, member))
             _swap(state, parent, member, PRACLinear(module, comp, transposed=_is_conv1d(module)))
     if arch is not None:
         _patch_nonlinear(model, arch, cfg, state)
     model.__dict__[_STATE_ATTR] = state
     if cfg.fused_loss:
         state.fused_loss = _install_fused_loss(model)
-    return model
+    watch_forwards(state, model)
+    return wrapped
 
 
 def _install_fused_loss(model: nn.Module) -> bool:
@@ -196,13 +213,10 @@ def _patch_nonlinear(model: nn.Module, arch: Architecture, cfg: PRACConfig, stat
 
 def get_prac_state(model: nn.Module) -> Optional[PRACState]:
     """The PRAC state of a model, also through DeepSpeed / DDP wrappers (`.module`)."""
-    seen = 0
-    while model is not None and seen < 4:
-        state = model.__dict__.get(_STATE_ATTR)
+    for module in unwrap_chain(model):
+        state = module.__dict__.get(_STATE_ATTR)
         if state is not None:
             return state
-        model = getattr(model, "module", None)
-        seen += 1
     return None
 
 
@@ -220,15 +234,15 @@ def is_prac_model(model: nn.Module) -> bool:
 def remove_prac(model: nn.Module) -> nn.Module:
     """Put the original modules back (the same Parameter objects); drop the PRAC state."""
     state = _require_state(model, "remove_prac")
+    owner = next(m for m in unwrap_chain(model) if _STATE_ATTR in m.__dict__)
     if state.fused_loss:
         from prac_dist.loss import uninstall_fused_loss
 
-        uninstall_fused_loss(model)
+        uninstall_fused_loss(owner)
+    for handle in reversed(state.handles):
+        handle.remove()
     for parent, attr, original in reversed(state.swaps):
-        setattr(parent, attr, original)
-    owner = model
-    while _STATE_ATTR not in owner.__dict__:
-        owner = owner.module
+        setattr(*swap_site(parent, attr), original)
     del owner.__dict__[_STATE_ATTR]
     return model
 

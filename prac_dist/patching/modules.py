@@ -32,9 +32,14 @@ class _Swapped(nn.Module):
         self.__dict__["_prac_original"] = original
 
 
-class PRACLinear(_Swapped):
+class PRACLinear(_Swapped, nn.Linear):
+    """An nn.Linear to libraries that dispatch on it (PEFT wraps it in a LoRA layer; see patching/lora.py).
+
+    nn.Linear.__init__ is skipped: it would allocate and initialise a second weight.
+    """
+
     def __init__(self, original: nn.Module, comp: Compressor, transposed: bool = False):
-        super().__init__()
+        nn.Module.__init__(self)
         self._remember(original)
         self.in_features, self.out_features = linear_shape(original, transposed)
         self.transposed = transposed
