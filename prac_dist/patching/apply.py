@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -16,6 +18,7 @@ from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRA
 from prac_dist.models.registry import ARCHITECTURES, Architecture, supported_model_types
 from prac_dist.patching.watch import watch_forwards
 from prac_dist.patching.wrappers import base_layer, swap_site, unwrap, unwrap_chain
+from prac_dist.patching.discover import Discovery, Site, discover, group_name, is_conv1d, replacement
 
 __all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
            "prac_stats", "is_prac_model", "get_prac_state", "PRACState"]
@@ -36,6 +39,8 @@ class PRACState:
     """Training forwards counted while step() was never called (see patching/watch.py)."""
     warned_no_step: bool = False
     reported: set = field(default_factory=set)
+    discovery: Optional[Discovery] = None
+    """For a model outside the registry: what structural discovery found (groups, sites, left alone)."""
 
     def global_bases(self) -> Dict[str, Compressor]:
         """The bases whose r1 + r2 adaptive_rank='global' moves (the linear layers')."""
@@ -123,14 +128,8 @@ def _attention_output_names(model: nn.Module, arch: Optional[Architecture], targ
     return tuple(s for s in arch.attention_output if targets is None or s.rsplit(".", 1)[-1] not in targets)
 
 
-def _architecture(model: nn.Module, cfg: PRACConfig) -> Optional[Architecture]:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    arch = ARCHITECTURES.get(model_type)
-    if arch is None and cfg.target_modules is None:
-        raise ValueError(f"apply_prac: model type {model_type!r} is not in the architecture table "
-                         f"(supported: {list(supported_model_types())}); pass PRACConfig.target_modules "
-                         f"with the names of the linear layers to compress")
-    return arch
+def _architecture(model: nn.Module) -> Optional[Architecture]:
+    return ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", None))
 
 
 def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Module:
@@ -145,12 +144,15 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
         raise ValueError(f"apply_prac: config must be a PRACConfig, got {type(cfg).__name__}")
     if is_prac_model(model):
         raise ValueError("apply_prac: PRAC is already applied to this model; call remove_prac first")
-    arch = _architecture(model, cfg)
+    arch = _architecture(model)
     targets = set(cfg.target_modules) if cfg.target_modules is not None else None
     if targets is not None:
         _check_targets(model, targets)
     state = PRACState(config=cfg)
-    transposed = bool(arch and arch.transposed)
+    if arch is None and (targets is None or _can_probe(model)):  # outside the registry: one traced forward
+        _apply_discovered(model, cfg, state, targets)
+        return _finish(wrapped, model, cfg, state)
+    transposed = bool(arch and arch.transposed)  # arch is None only for named targets of a non-LM model
     exact = _attention_output_names(model, arch, targets)
     for pname, parent, members in list(_linear_groups(model, arch, targets)):
         if any(f"{pname}.{m}".endswith(suffix) for m in members for suffix in exact):
@@ -165,11 +167,83 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
             _swap(state, parent, member, PRACLinear(module, comp, transposed=_is_conv1d(module)))
     if arch is not None:
         _patch_nonlinear(model, arch, cfg, state)
+    return _finish(wrapped, model, cfg, state)
+
+
+def _can_probe(model: nn.Module) -> bool:
+    return isinstance(getattr(getattr(model, "config", None), "vocab_size", None), int)
+
+
+def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACState) -> nn.Module:
     model.__dict__[_STATE_ATTR] = state
     if cfg.fused_loss:
         state.fused_loss = _install_fused_loss(model)
     watch_forwards(state, model)
     return wrapped
+
+
+def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targets: Optional[set]) -> None:
+    """Swap what prac_dist.patching.discover found; say once what stays exact and what was left alone."""
+    found = state.discovery = discover(model, cfg.kernel)
+    sites = [s for s in found.sites if cfg.compress_nonlinear or s.saved_after < s.saved_before]
+    # A GELU MLP's down projection stores no input at all once the site is installed: nothing to compress.
+    stores_nothing = {f"{s.name}.{s.option('names')[2]}" for s in sites if s.kind == "gelu_mlp"}
+    kept = []
+    for group in found.groups:
+        members = [m for m in group.members if (targets is None or m.rsplit(".", 1)[-1] in targets)
+                   and m not in stores_nothing]
+        if not members:
+            continue
+        name = group.name if len(members) == len(group.members) else group_name(members)
+        if group.kept_by is not None and targets is None:
+            kept.append(f"{name} (its input is saved by {group.kept_by} anyway)")
+            continue
+        first = model.get_submodule(members[0])
+        comp = _new_compressor(cfg, name, linear_shape(first, is_conv1d(first))[0], nonlinear=False)
+        state.compressors[name] = comp
+        for member in members:
+            parent_name, _, attr = member.rpartition(".")
+            module = model.get_submodule(member)
+            _swap(state, model.get_submodule(parent_name), attr,
+                  PRACLinear(module, comp, transposed=is_conv1d(module)))
+    for site in sites:
+        _swap_site(model, site, cfg, state)
+    if kept:
+        warnings.warn(f"apply_prac: left exact, because compressing would store more than not compressing: "
+                      f"{_collapse(kept)}", stacklevel=3)
+    if found.left_alone:
+        warnings.warn(f"apply_prac: left unpatched, because no lean op gives their outputs and gradients: "
+                      f"{_collapse(f'{k}: {v}' for k, v in found.left_alone.items())}", stacklevel=3)
+
+
+def _swap_site(model: nn.Module, site: Site, cfg: PRACConfig, state: PRACState) -> None:
+    """Install a discovered site's replacement (compressing its input under compress_nonlinear)."""
+    module = model.get_submodule(site.name)
+    parent_name, _, attr = site.name.rpartition(".")
+
+    def comp_for(name: str, n: int) -> Optional[Compressor]:
+        if not cfg.compress_nonlinear:
+            return None
+        c = state.compressors[name] = _new_compressor(cfg, name, n, nonlinear=True)
+        return c
+
+    if site.kind == "gelu_mlp":  # stores h exactly: as few bytes as compressing h and gelu(h), exact dW
+        comps = ()
+    elif site.kind == "swiglu":
+        gate, up, _ = site.option("names")
+        ffn = linear_shape(getattr(module, gate), is_conv1d(getattr(module, gate)))[1] // (2 if gate == up else 1)
+        comps = (comp_for(f"{site.name}.gate_out", ffn), comp_for(f"{site.name}.up_out", ffn))
+    else:
+        comps = (comp_for(site.name, site.width),)
+    _swap(state, model.get_submodule(parent_name), attr, replacement(module, site, comps, cfg.kernel))
+
+
+def _collapse(names) -> str:
+    """'model.layers.{0,1,...}.x' for the same site in every layer: one line however deep the model."""
+    by_pattern: Dict[str, List[str]] = {}
+    for name in names:
+        by_pattern.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).append(name)
+    return "; ".join(f"{p} (x{len(n)})" if len(n) > 1 else n[0] for p, n in by_pattern.items())
 
 
 def _install_fused_loss(model: nn.Module) -> bool:

@@ -10,9 +10,10 @@ from torch import nn
 from prac_dist.core.linear import prac_linear
 from prac_dist.core.subspace import Compressor
 from prac_dist.ops.activation import lean_gelu, lean_swiglu
+from prac_dist.ops.gelu_linear import gelu_linear
 from prac_dist.ops.norm import lean_layer_norm, lean_rms_norm
 
-__all__ = ["PRACLinear", "PRACRMSNorm", "PRACLayerNorm", "PRACSwiGLUMLP", "PRACGELU", "linear_shape"]
+__all__ = ["PRACLinear", "PRACRMSNorm", "PRACLayerNorm", "PRACSwiGLUMLP", "PRACGELU", "PRACGELUMLP", "linear_shape"]
 
 
 def linear_shape(module: nn.Module, transposed: bool):
@@ -56,16 +57,25 @@ class PRACLinear(_Swapped, nn.Linear):
 
 
 class PRACRMSNorm(_Swapped):
-    def __init__(self, original: nn.Module, comp: Optional[Compressor], kernel: str = "auto"):
+    """y = w · x̂, or (offset + w) · x̂ for Gemma's RMSNorm (offset 1, the sum taken in float32 as Gemma does)."""
+
+    def __init__(self, original: nn.Module, comp: Optional[Compressor], kernel: str = "auto", offset: float = 0.0,
+                 eps: Optional[float] = None):
         super().__init__()
         self._remember(original)
         self.weight = original.weight
-        self.eps = float(getattr(original, "variance_epsilon", getattr(original, "eps", 1e-6)))
+        if eps is None:
+            eps = getattr(original, "variance_epsilon", getattr(original, "eps", 1e-6))
+        self.eps = float(eps)
         self.kernel = kernel
+        self.offset = float(offset)
         self.__dict__["prac_compressor"] = comp
 
     def forward(self, x):
-        return lean_rms_norm(x, self.weight, self.eps, self.prac_compressor, self.kernel)
+        if not self.offset:
+            return lean_rms_norm(x, self.weight, self.eps, self.prac_compressor, self.kernel)
+        weight = self.weight.float() + self.offset  # d values; autograd passes dw through the sum unchanged
+        return lean_rms_norm(x, weight, self.eps, self.prac_compressor, self.kernel).to(x.dtype)
 
 
 class PRACLayerNorm(_Swapped):
@@ -80,19 +90,30 @@ class PRACLayerNorm(_Swapped):
 
 
 class PRACSwiGLUMLP(_Swapped):
-    """down(silu(gate(x)) * up(x)) with the lean SwiGLU; gate/up/down are the original children."""
+    """down(silu(gate(x)) * up(x)) with the lean SwiGLU; gate/up/down are the original children, kept
+    under their own names. names = (gate, up, down); gate == up is one fused linear whose output halves
+    are gate and up in that order (Phi-3's gate_up_proj), or up and gate with up_first."""
 
     def __init__(self, original: nn.Module, comp_g: Optional[Compressor], comp_u: Optional[Compressor],
-                 kernel: str = "auto"):
+                 kernel: str = "auto", names=("gate_proj", "up_proj", "down_proj"), up_first: bool = False):
         super().__init__()
         self._remember(original)
-        self.gate_proj, self.up_proj, self.down_proj = original.gate_proj, original.up_proj, original.down_proj
+        for name in dict.fromkeys(names):
+            setattr(self, name, getattr(original, name))
+        self.names, self.up_first = tuple(names), up_first
         self.kernel = kernel
         self.__dict__["prac_compressors"] = (comp_g, comp_u)
 
     def forward(self, x):
         comp_g, comp_u = self.prac_compressors
-        return self.down_proj(lean_swiglu(self.gate_proj(x), self.up_proj(x), comp_g, comp_u, self.kernel))
+        gate, up, down = (getattr(self, n) for n in self.names)
+        if gate is up:
+            g, u = gate(x).chunk(2, dim=-1)
+            if self.up_first:
+                g, u = u, g
+        else:
+            g, u = gate(x), up(x)
+        return down(lean_swiglu(g, u, comp_g, comp_u, self.kernel))
 
 
 class PRACGELU(_Swapped):
@@ -104,3 +125,20 @@ class PRACGELU(_Swapped):
 
     def forward(self, x):
         return lean_gelu(x, self.approximate, self.prac_compressor)
+
+
+class PRACGELUMLP(_Swapped):
+    """down(gelu(up(x))) whose down projection stores nothing: see prac_dist.ops.gelu_linear.
+    names = (up, act, down), the original children, kept under their own names."""
+
+    def __init__(self, original: nn.Module, names, approximate: str):
+        super().__init__()
+        self._remember(original)
+        for name in names:
+            setattr(self, name, getattr(original, name))
+        self.names, self.approximate = tuple(names), approximate
+
+    def forward(self, x):
+        up, _, down = (getattr(self, n) for n in self.names)
+        transposed = type(down).__name__ == "Conv1D"  # transformers Conv1D keeps W as (in, out)
+        return gelu_linear(up(x), self.approximate, down.weight, down.bias, transposed)
