@@ -15,7 +15,6 @@ Prints a table and writes benchmarks/results/family_memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "patching"))  # the tests' model builders: same models
 
-from _bench_env import environment  # noqa: E402
+from _bench_env import write_result  # noqa: E402
 from _tiny_models import FAMILIES, MOE, batch, build  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac  # noqa: E402
@@ -84,12 +83,9 @@ def main(argv=None) -> int:
         print(f"{r['family']:<12} {r['patched_by']:<10} {r['unpatched_bytes'] / 2**20:>13.2f} "
               f"{r['linear_only_ratio']:>11.3f} {r['default_ratio']:>8.3f} {r['limit']:>5.2f}  "
               f"{','.join(r.get('sites', []))}")
-    result = {"benchmark": "family_memory", "width": args.width, "batch": args.batch, "seq": args.seq,
-              "dtype": "bfloat16", "hardware": environment(), "seconds": round(time.time() - start, 1),
-              "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result(Path(args.out), "family_memory",
+                       {"width": args.width, "batch": args.batch, "seq": args.seq, "dtype": "bfloat16",
+                        "seconds": round(time.time() - start, 1), "rows": rows})
     print(f"wrote {out}")
     return 0
 

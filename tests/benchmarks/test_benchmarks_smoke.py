@@ -84,3 +84,12 @@ def test_results_doc_matches_committed_results():
     # docs/results.md's tables are generated from benchmarks/results/*.json: a stale doc fails here.
     r = _run("plot_results.py", "--check")
     assert r.returncode == 0, r.stderr
+
+
+def test_family_memory_smoke(tmp_path):
+    out = tmp_path / "fm.json"
+    r = _run("family_memory.py", "--width", 32, "--seq", 16, "--families", "llama", "gemma2", "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["family"] for row in rows] == ["llama", "gemma2"]
+    assert all(0 < row["default_ratio"] <= row["limit"] for row in rows)
