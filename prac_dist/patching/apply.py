@@ -14,11 +14,11 @@ from prac_dist.config import PRACConfig
 from prac_dist.core.subspace import Compressor, allocate_budgets
 from prac_dist.ops.activation import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
-                                        linear_shape)
-from prac_dist.models.registry import ARCHITECTURES, Architecture, supported_model_types
+                                        is_conv1d, is_linear, linear_shape)
+from prac_dist.models.registry import ARCHITECTURES, Architecture
 from prac_dist.patching.watch import watch_forwards
 from prac_dist.patching.wrappers import base_layer, swap_site, unwrap, unwrap_chain
-from prac_dist.patching.discover import Discovery, Site, discover, group_name, is_conv1d, replacement
+from prac_dist.patching.discover import Discovery, Site, discover, group_name, replacement
 
 __all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
            "prac_stats", "is_prac_model", "get_prac_state", "PRACState"]
@@ -47,13 +47,8 @@ class PRACState:
         return {k: c for k, c in self.compressors.items() if c.adaptive == "global"}
 
 
-def _is_conv1d(m: nn.Module) -> bool:
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
-
-
 def _is_linear(m: nn.Module) -> bool:
-    m = base_layer(m)  # a PEFT LoRA layer is the linear it wraps
-    return isinstance(m, nn.Linear) or _is_conv1d(m)
+    return is_linear(base_layer(m))  # a PEFT LoRA layer is the linear it wraps
 
 
 def _width(weight: torch.Tensor) -> int:
@@ -158,13 +153,13 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
         if any(f"{pname}.{m}".endswith(suffix) for m in members for suffix in exact):
             continue
         first = getattr(parent, members[0])
-        n = linear_shape(first, transposed or _is_conv1d(first))[0]
+        n = linear_shape(first, transposed or is_conv1d(first))[0]
         gname = f"{pname}.{'+'.join(members)}" if pname else "+".join(members)
         comp = _new_compressor(cfg, gname, n, nonlinear=False)
         state.compressors[gname] = comp
         for member in members:
             module = base_layer(getattr(parent, member))
-            _swap(state, parent, member, PRACLinear(module, comp, transposed=_is_conv1d(module)))
+            _swap(state, parent, member, PRACLinear(module, comp, transposed=is_conv1d(module)))
     if arch is not None:
         _patch_nonlinear(model, arch, cfg, state)
     return _finish(wrapped, model, cfg, state)

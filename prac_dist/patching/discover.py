@@ -22,7 +22,7 @@ the module that saved it. From that, not from module names:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,23 +33,15 @@ from prac_dist.memory.accounting import measure_saved_bytes
 from prac_dist.models.registry import ARCHITECTURES
 from prac_dist.ops.activation import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACGELUMLP, PRACLayerNorm, PRACRMSNorm, PRACSwiGLUMLP,
-                                        linear_shape)
+                                        is_conv1d, is_linear, linear_shape)
 
-__all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replacement", "is_linear", "is_conv1d"]
+__all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replacement"]
 
 # Relative error (max |a - b| / max |b|) within which a replacement counts as the module itself:
 # float32 reorders sums (measured <= 3e-7 on the tiny models); 16-bit formats round x̂ once more
 # in the lean RMSNorm than Gemma does (one ulp: 2^-8 for bfloat16).
 _TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 _PROBE_SHAPE = (2, 16)
-
-
-def is_conv1d(m: nn.Module) -> bool:
-    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
-
-
-def is_linear(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or is_conv1d(m)
 
 
 @dataclass(frozen=True)

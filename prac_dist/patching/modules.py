@@ -13,7 +13,17 @@ from prac_dist.ops.activation import lean_gelu, lean_swiglu
 from prac_dist.ops.gelu_linear import gelu_linear
 from prac_dist.ops.norm import lean_layer_norm, lean_rms_norm
 
-__all__ = ["PRACLinear", "PRACRMSNorm", "PRACLayerNorm", "PRACSwiGLUMLP", "PRACGELU", "PRACGELUMLP", "linear_shape"]
+__all__ = ["PRACLinear", "PRACRMSNorm", "PRACLayerNorm", "PRACSwiGLUMLP", "PRACGELU", "PRACGELUMLP", "linear_shape",
+           "is_linear", "is_conv1d"]
+
+
+def is_conv1d(m: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a linear layer whose weight is stored (in, out)."""
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf")
+
+
+def is_linear(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or is_conv1d(m)
 
 
 def linear_shape(module: nn.Module, transposed: bool):
@@ -140,5 +150,4 @@ class PRACGELUMLP(_Swapped):
 
     def forward(self, x):
         up, _, down = (getattr(self, n) for n in self.names)
-        transposed = type(down).__name__ == "Conv1D"  # transformers Conv1D keeps W as (in, out)
-        return gelu_linear(up(x), self.approximate, down.weight, down.bias, transposed)
+        return gelu_linear(up(x), self.approximate, down.weight, down.bias, is_conv1d(down))
