@@ -150,4 +150,6 @@ class PRACGELUMLP(_Swapped):
 
     def forward(self, x):
         up, _, down = (getattr(self, n) for n in self.names)
+        if "base_layer" in down.__dict__["_modules"]:  # PEFT wrapped down after the swap: its LoRA path must run
+            return down(lean_gelu(up(x), self.approximate))
         return gelu_linear(up(x), self.approximate, down.weight, down.bias, is_conv1d(down))

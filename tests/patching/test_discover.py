@@ -162,3 +162,36 @@ def test_discovery_needs_materialised_weights():
         model = AutoModelForCausalLM.from_config(build("olmo2").config)
     with pytest.raises(ValueError, match="materialised weights"):
         apply_prac(model, PRACConfig())
+
+
+_LORA_TARGETS = {"olmo2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                 "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                 "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]}
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+@pytest.mark.parametrize("family", sorted(_LORA_TARGETS))
+def test_discovered_families_under_peft_lora(family, order):
+    """LoRA on a discovered family, PRAC applied before or after get_peft_model: exact at full rank
+    (a GELU MLP swapped before PEFT wraps its down projection must still run the LoRA path)."""
+    peft = pytest.importorskip("peft")
+
+    def lora_model(base, prac):
+        model = copy.deepcopy(base)
+        if prac and order == "before":
+            _quiet(apply_prac, model, FULL_RANK)
+        torch.manual_seed(1)
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=_LORA_TARGETS[family],
+                                                           init_lora_weights=False, lora_dropout=0.0))
+        if prac and order == "after":
+            _quiet(apply_prac, model, FULL_RANK)
+        return model
+
+    base = build(family)
+    inputs = batch(base)
+    _, want = _grads(lora_model(base, False), inputs)
+    _, got = _grads(lora_model(base, True), inputs)
+    assert got.keys() == want.keys() and any("lora_A" in k for k in want)
+    for name, ref in want.items():
+        err = (got[name] - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
+        assert err <= GRAD_RTOL, f"{family} ({order}): {name} gradient off by {err:.2e}"
