@@ -21,8 +21,10 @@ from prac_dist.patching.apply import get_prac_state
 from prac_dist.patching.discover import discover
 from prac_dist.patching.modules import PRACLinear, PRACRMSNorm
 
+# Projected storage everywhere (int8 storage of X, where a storage policy picks it, rounds X: not exact).
+_PROJECTED = {f: "project" for f in ("linear_storage", "nonlinear_storage") if f in PRACConfig.field_names()}
 FULL_RANK = PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principal_ratio=0.5,
-                       nonlinear_random_ratio=0.5)
+                       nonlinear_random_ratio=0.5, storage_bits=16, **_PROJECTED)
 # float32, 2 x 16 tokens: the reconstruction X [Q1 | Q2][Q1 | Q2]ᵀ and the lean ops' reordered sums leave
 # relative gradient errors of at most ~1e-5 (measured); a wrong formula or a lost term is O(1).
 GRAD_RTOL = 1e-3
