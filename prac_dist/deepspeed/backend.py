@@ -4,10 +4,9 @@ Launch with `deepspeed --num_gpus N prac-train ...` (or `-H hostfile` for severa
 or `mpirun -np N prac-train ...`: ranks come from the launcher's environment, or from
 mpi4py when it is missing (`deepspeed.init_distributed(auto_mpi_discovery=True)`).
 
-Which PRAC settings run:
-- the loop passes `prac_config=None` (`--no-prac`, the baseline half of `--compare`): no PRAC;
-- otherwise the JSON's "prac" section when it has one ("enabled": false turns PRAC off),
-  else the prac-train YAML's `prac:` section. Compressed activation offload is a JSON-only setting.
+Which PRAC settings run: `prac_config`, as prac-train resolved it from the YAML and the JSON's
+"prac" section (one route: prac_dist/train/config.py, docs/deepspeed.md); None = no PRAC. The
+section reaches DeepSpeed never; only its JSON-only "offload" object is read here.
 
 "auto" values in the DeepSpeed JSON (the Hugging Face convention) are filled from prac-train's
 settings: gradient_accumulation_steps, train_micro_batch_size_per_gpu, train_batch_size,
@@ -82,10 +81,12 @@ class DeepSpeedBackend(TrainBackend):
             optimizer = build_adamw(model, opt)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s: warmup_cosine(s, opt.warmup_steps, opt.max_steps, opt.min_lr_ratio))
-        if prac_config is not None and "prac" not in config:
-            from prac_dist import apply_prac
+        if prac_config is not None and (self.section is None or self.section.enabled):
+            from prac_dist.deepspeed.engine import prepare_model
 
-            apply_prac(model, prac_config)  # the YAML's settings; initialize() wires schedule + checkpoints
+            # The resolved settings plus the JSON's offload; initialize() wires schedule + checkpoints.
+            offload = self.section.offload if self.section is not None else PRACSection().offload
+            prepare_model(model, PRACSection(enabled=True, config=prac_config, offload=offload))
         self.model, self.optimizer, _, self.scheduler = initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
             model_parameters=None if optimizer is not None else [p for p in model.parameters() if p.requires_grad])
@@ -94,15 +95,11 @@ class DeepSpeedBackend(TrainBackend):
         self.prac = is_prac_model(self.model.module)
         if self.rank == 0:
             zero = config.get("zero_optimization", {}).get("stage", 0)
-            where = (f"the 'prac' section of {self.ds_config_source}" if "prac" in config
-                     else "the prac-train config")
-            logger.info("DeepSpeed ZeRO-%s on %d ranks, PRAC %s", zero, self.world_size,
-                        f"from {where}" if self.prac else "off")
+            logger.info("DeepSpeed ZeRO-%s on %d ranks, PRAC %s", zero, self.world_size, "on" if self.prac else "off")
 
     def _resolved_config(self, prac_config: Optional[Any], opt: OptimizerSpec) -> Dict[str, Any]:
         cfg = copy.deepcopy(self.ds_config)
-        if prac_config is None or (self.section is not None and not self.section.enabled):
-            cfg.pop("prac", None)  # baseline: --no-prac wins over the JSON section
+        cfg.pop("prac", None)  # applied in setup() from prac_config, so the section cannot apply it a second way
         _fill(cfg, "gradient_accumulation_steps", opt.grad_accum, "--grad-accum / train.grad_accum")
         if cfg.get("train_batch_size", "auto") == "auto":
             cfg.pop("train_batch_size", None)  # DeepSpeed derives it: micro x accumulation x world

@@ -9,8 +9,9 @@ and validates the section itself, before any training step:
         "offload": {"device": "cpu", "pin_memory": true, "min_bytes": 1048576}
     }
 
-An unknown key, a wrong type or an "auto" value is a ValueError naming the key
-(`prac.offload.devic: unknown key ...`). The config itself may be a path, a dict
+An unknown key, a wrong type or an "auto" value is a ValueError (`ConfigError`) naming the key
+(`prac.offload.devic: unknown key; did you mean 'device'?`); types come from the dataclass
+annotations, checked by prac_dist/validate.py as for every other settings mapping. The config itself may be a path, a dict
 or DeepSpeed's base64 string, exactly as `deepspeed.initialize(config=...)` takes it.
 """
 
@@ -21,15 +22,15 @@ import binascii
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Literal, Mapping, Optional, Union
 
 from prac_dist.config import PRACConfig
+from prac_dist.validate import ConfigError, build, check, check_fields
 
-__all__ = ["OffloadConfig", "PRACSection", "load_ds_config", "parse_prac_section", "SECTION"]
+__all__ = ["OffloadConfig", "PRACSection", "load_ds_config", "parse_prac_section", "prac_fields", "SECTION"]
 
 SECTION = "prac"
 _EXTRA_KEYS = ("enabled", "offload")  # the section's keys that are not PRACConfig fields
-_OFFLOAD_DEVICES = ("cpu", "none")
 # Below 1 MiB a host copy is dominated by its ~10 us launch and event overhead
 # (1 MiB at ~25 GB/s pinned PCIe 4 is ~40 us), so small tensors stay on the device.
 _DEFAULT_MIN_BYTES = 1 << 20
@@ -39,12 +40,17 @@ ConfigLike = Union[str, os.PathLike, Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    device: str = "none"
+    device: Literal["cpu", "none"] = "none"
     """'cpu': move PRAC's compressed activations to host memory after forward; 'none': keep them."""
     pin_memory: bool = True
     """Pinned host buffers, so device->host and host->device copies run asynchronously on a side stream."""
     min_bytes: int = _DEFAULT_MIN_BYTES
     """Compressed tensors smaller than this stay on the device (copy overhead beats the saving)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, f"{SECTION}.offload")
+        if self.min_bytes < 0:
+            raise ConfigError(f"{SECTION}.offload.min_bytes={self.min_bytes!r}: accepted is an integer >= 0 (bytes)")
 
     @property
     def enabled(self) -> bool:
@@ -64,7 +70,7 @@ def load_ds_config(config: ConfigLike) -> dict:
     if isinstance(config, Mapping):
         return dict(config)
     if not isinstance(config, (str, os.PathLike)):
-        raise ValueError(
+        raise ConfigError(
             f"DeepSpeed config: got {type(config).__name__}; accepted is a dict, a path to a JSON file "
             f"or a base64-encoded JSON string"
         )
@@ -75,7 +81,7 @@ def load_ds_config(config: ConfigLike) -> dict:
     try:
         decoded = base64.urlsafe_b64decode(text).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValueError(
+        raise ConfigError(
             f"DeepSpeed config {text[:80]!r}: not an existing file and not valid base64 JSON; "
             f"accepted is a dict, a path to a JSON file or a base64-encoded JSON string"
         ) from None
@@ -91,9 +97,9 @@ def _loads(text: str, source: str) -> dict:
     try:
         data = parser.loads(text, object_pairs_hook=_no_duplicates)
     except Exception as exc:  # JSONDecodeError, HjsonDecodeError, our duplicate-key ValueError
-        raise ValueError(f"DeepSpeed config {source}: cannot parse: {exc}") from None
+        raise ConfigError(f"DeepSpeed config {source}: cannot parse: {exc}") from None
     if not isinstance(data, Mapping):
-        raise ValueError(f"DeepSpeed config {source}: top level is {type(data).__name__}, expected an object")
+        raise ConfigError(f"DeepSpeed config {source}: top level is {type(data).__name__}, expected an object")
     return dict(data)
 
 
@@ -101,7 +107,7 @@ def _no_duplicates(pairs):
     out = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"DeepSpeed config: duplicate key {key!r}")
+            raise ConfigError(f"DeepSpeed config: duplicate key {key!r}")
         out[key] = value
     return out
 
@@ -113,50 +119,16 @@ def parse_prac_section(config: ConfigLike) -> Optional[PRACSection]:
         return None
     raw = ds[SECTION]
     if not isinstance(raw, Mapping):
-        raise ValueError(
+        raise ConfigError(
             f"{SECTION}={raw!r}: expected an object with PRACConfig fields plus 'enabled' and 'offload'"
         )
-    raw = dict(raw)
-    accepted = sorted(PRACConfig.field_names() + _EXTRA_KEYS)
-    for key in raw:
-        if key not in accepted:
-            raise ValueError(f"{SECTION}.{key}: unknown key; accepted keys are {accepted}")
-    enabled = raw.pop("enabled", True)
-    _reject_auto(f"{SECTION}.enabled", enabled)
-    if not isinstance(enabled, bool):
-        raise ValueError(f"{SECTION}.enabled={enabled!r} has the wrong type ({type(enabled).__name__}): accepted is true or false")
-    offload = _parse_offload(raw.pop("offload", {}))
-    try:
-        prac = PRACConfig.from_dict(raw, where=SECTION)
-    except TypeError as exc:  # a field the dataclass rejects without naming it
-        raise ValueError(f"{SECTION}: {exc}") from None
+    enabled = check(raw.get("enabled", True), bool, f"{SECTION}.enabled")
+    offload = check(raw.get("offload", {}), OffloadConfig, f"{SECTION}.offload")
+    prac = build(PRACConfig, raw, SECTION, extra=_EXTRA_KEYS)
     return PRACSection(enabled=enabled, config=prac, offload=offload)
 
 
-def _parse_offload(raw: Any) -> OffloadConfig:
-    where = f"{SECTION}.offload"
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}={raw!r}: expected an object like {{\"device\": \"cpu\", \"pin_memory\": true}}")
-    known = ("device", "pin_memory", "min_bytes")
-    for key, value in raw.items():
-        if key not in known:
-            raise ValueError(f"{where}.{key}: unknown key; accepted keys are {list(known)}")
-        _reject_auto(f"{where}.{key}", value)
-    device = raw.get("device", "none")
-    if not isinstance(device, str) or device not in _OFFLOAD_DEVICES:
-        raise ValueError(f"{where}.device={device!r}: accepted is one of {list(_OFFLOAD_DEVICES)}")
-    pin = raw.get("pin_memory", True)
-    if not isinstance(pin, bool):
-        raise ValueError(f"{where}.pin_memory={pin!r} has the wrong type ({type(pin).__name__}): accepted is true or false")
-    min_bytes = raw.get("min_bytes", _DEFAULT_MIN_BYTES)
-    if not isinstance(min_bytes, int) or isinstance(min_bytes, bool) or min_bytes < 0:
-        raise ValueError(f"{where}.min_bytes={min_bytes!r}: accepted is an integer >= 0 (bytes)")
-    return OffloadConfig(device=device, pin_memory=pin, min_bytes=min_bytes)
-
-
-def _reject_auto(key: str, value: Any) -> None:
-    if isinstance(value, str) and value == "auto":
-        raise ValueError(
-            f"{key}='auto': 'auto' is not accepted here; give an explicit value "
-            f"(prac_dist resolves no 'auto' values, and Accelerate rejects ones it does not know)"
-        )
+def prac_fields(config: ConfigLike) -> list:
+    """The PRACConfig fields the `"prac"` section sets (not 'enabled' / 'offload'), sorted."""
+    raw = load_ds_config(config).get(SECTION)
+    return sorted(k for k in raw if k not in _EXTRA_KEYS) if isinstance(raw, Mapping) else []

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from prac_dist.config import PRACConfig
+from prac_dist.validate import ConfigError  # settings that do not fit the model: prac-train exits 2
 from prac_dist.core.subspace import Compressor, allocate_budgets
 from prac_dist.ops.activation import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
@@ -59,7 +60,7 @@ def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool) -> Comp
     r1, r2 = cfg.ranks(n, nonlinear)
     if r1 + r2 == 0:
         prefix = "nonlinear_" if nonlinear else ""
-        raise ValueError(
+        raise ConfigError(
             f"{name}: width n={n} is too small for {prefix}principal_ratio + {prefix}random_ratio = "
             f"{getattr(cfg, prefix + 'principal_ratio') + getattr(cfg, prefix + 'random_ratio'):g} "
             f"(r1 = r2 = 0); accepted is a ratio sum of at least {1.0 / n:.3g} for this layer, "
@@ -105,12 +106,12 @@ def _check_targets(model: nn.Module, targets: set) -> None:
             found.setdefault(last, module)
     missing = sorted(targets - set(found))
     if missing:
-        raise ValueError(f"PRACConfig.target_modules: {missing} match no module of this model; "
-                         f"accepted are names of its nn.Linear/Conv1D modules")
+        raise ConfigError(f"PRACConfig.target_modules: {missing} match no module of this model; "
+                          f"accepted are names of its nn.Linear/Conv1D modules")
     for last, module in found.items():
         if not _is_linear(module):
-            raise ValueError(f"PRACConfig.target_modules: {last!r} is a {type(module).__name__}, which PRAC "
-                             f"cannot compress; accepted are nn.Linear and transformers Conv1D modules")
+            raise ConfigError(f"PRACConfig.target_modules: {last!r} is a {type(module).__name__}, which PRAC "
+                              f"cannot compress; accepted are nn.Linear and transformers Conv1D modules")
 
 
 def _attention_output_names(model: nn.Module, arch: Optional[Architecture], targets: Optional[set]):

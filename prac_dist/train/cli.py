@@ -4,19 +4,24 @@
     prac-train --config configs/train/llama_130m.yaml --max-steps 2000 --output-dir runs/130m
     deepspeed --num_gpus 8 -m prac_dist.train --config ... --deepspeed configs/ds/zero3.json
 
-Bad input (unknown key, wrong type, missing file, vocabulary too large) prints one
-line `prac-train: error: ...` and exits with status 2.
+Bad input (unknown key, wrong type, missing file, vocabulary too large, target modules the model
+lacks, an output folder another run is using) prints one line `prac-train: error: ...` and exits
+with status 2. Flags are never abbreviated: `--max-step 5` is an error, not `--max-steps 5`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from prac_dist.train.config import ConfigError, TrainConfig, dump_config, load_config, parse_override
+from prac_dist.train.lock import OutputLock
 
 __all__ = ["main", "build_parser"]
 
@@ -38,11 +43,19 @@ _FLAG_KEYS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, status 2 (argparse's default adds the usage block)
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = f"see {self.prog} --help"
+        if message.startswith("unrecognized arguments: "):
+            flag = message.split(": ", 1)[1].split()[0].split("=")[0]
+            close = difflib.get_close_matches(flag, [o for a in self._actions for o in a.option_strings], n=1)
+            if close:
+                hint = f"did you mean {close[0]}?"
+        self.exit(2, f"{self.prog}: error: {message} ({hint})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="prac-train", description="Train a causal LM with PRAC activation compression.")
+    # allow_abbrev=False: argparse would otherwise run `--max-step 5` as --max-steps 5 (and `--lr` prefixes).
+    p = _Parser(prog="prac-train", description="Train a causal LM with PRAC activation compression.",
+                allow_abbrev=False)
     p.add_argument("--config", help="YAML preset (configs/train/*.yaml); defaults apply to what it leaves out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any setting, value read as YAML (repeatable), e.g. --set optim.lr=3e-4")
@@ -93,7 +106,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         overrides["backend.kind"] = "fsdp"
     cfg = load_config(args.config, overrides)
     if args.compare and cfg.prac is None:
-        raise ConfigError("--compare needs PRAC settings (drop --no-prac / `prac: null`): it runs baseline and PRAC")
+        raise ConfigError(f"--compare needs PRAC settings, but PRAC is off by {cfg.prac_source}: "
+                          f"it runs baseline and PRAC")
     return cfg
 
 
@@ -128,12 +142,23 @@ def make_backend_factory(cfg: TrainConfig):
 
 
 def run(cfg: TrainConfig, compare: bool, resume: bool) -> List[Dict[str, Any]]:
-    from prac_dist.train.loop import env_rank_world, train
-    from prac_dist.train.report import write_report
+    from prac_dist.train.loop import env_rank_world
 
     out = Path(cfg.train.output_dir)
-    factory = make_backend_factory(cfg)
     rank, _ = env_rank_world()
+    if rank == 0:
+        print(f"prac-train: PRAC {'off' if cfg.prac is None else 'settings'} from {cfg.prac_source}", file=sys.stderr)
+    # Rank 0 alone holds the folder: the other ranks write into the same one (torchrun's 2 ranks on one
+    # node would otherwise lock each other out), and rank 0 exiting 2 makes the launcher stop them.
+    with OutputLock(out) if rank == 0 else contextlib.nullcontext():
+        return _run_locked(cfg, out, rank, compare, resume)
+
+
+def _run_locked(cfg: TrainConfig, out: Path, rank: int, compare: bool, resume: bool) -> List[Dict[str, Any]]:
+    from prac_dist.train.loop import train
+    from prac_dist.train.report import write_report
+
+    factory = make_backend_factory(cfg)
     if not compare:
         summary = train(cfg, factory, resume=resume, output_dir=out)
         if rank == 0:
@@ -145,8 +170,6 @@ def run(cfg: TrainConfig, compare: bool, resume: bool) -> List[Dict[str, Any]]:
     for label, run_cfg in (("baseline", baseline_cfg), ("prac", cfg)):
         run_dir = out / label
         if resume and (run_dir / "summary.json").is_file():
-            import json
-
             summaries.append(json.loads((run_dir / "summary.json").read_text()))
             continue
         summaries.append(train(run_cfg, factory, resume=resume, output_dir=run_dir, label=label))

@@ -8,15 +8,14 @@ silent default. The `prac:` section is `prac_dist.PRACConfig` itself.
 from __future__ import annotations
 
 import dataclasses
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
 from prac_dist.config import PRACConfig
+from prac_dist.validate import ConfigError, build, unknown_key
 
 __all__ = [
     "ConfigError",
@@ -29,13 +28,6 @@ __all__ = [
     "load_config",
     "parse_override",
 ]
-
-
-_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-class ConfigError(ValueError):
-    """Bad user input (config, data, paths): prac-train prints it on one line and exits with status 2."""
 
 
 @dataclass
@@ -143,6 +135,8 @@ class TrainConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     prac: Optional[PRACConfig] = field(default_factory=PRACConfig)
     """null = baseline (no compression); a mapping of PRACConfig fields otherwise."""
+    prac_source: str = field(default="the PRACConfig defaults", compare=False)
+    """Where `prac` came from (printed at the start of a run); not a setting, never in the YAML."""
 
     def to_dict(self) -> Dict[str, Any]:
         out = {}
@@ -183,8 +177,11 @@ def load_config(path: Optional[str], overrides: Mapping[str, Any] = ()) -> Train
             raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"--config {path}: expected a mapping of sections, got {type(raw).__name__}")
+    prac_from = f"the prac: section of {path}" if "prac" in raw else None
     for dotted, value in dict(overrides).items():
         section, _, key = dotted.partition(".")
+        if section == "prac" and value is not None:
+            prac_from = f"--set {dotted}" if prac_from is None else prac_from
         if section == "prac" and not key:
             raw["prac"] = value
             continue
@@ -196,87 +193,60 @@ def load_config(path: Optional[str], overrides: Mapping[str, Any] = ()) -> Train
         if not isinstance(target, dict):
             raise ConfigError(f"override {dotted!r}: section {section!r} is not a mapping in the config")
         target[key] = value
-    return from_dict(raw).validate()
+    cfg = from_dict(raw).validate()
+    if cfg.prac is None:
+        cfg.prac_source = "--no-prac / prac: null"
+    elif prac_from is not None:
+        cfg.prac_source = prac_from
+    return _route_deepspeed_prac(cfg, prac_from)
+
+
+def _route_deepspeed_prac(cfg: TrainConfig, prac_from: Optional[str]) -> TrainConfig:
+    """One route for PRAC settings under --deepspeed (docs/deepspeed.md, "Where PRAC settings come from").
+
+    `"enabled": false` in the JSON turns PRAC off. PRACConfig fields in both the JSON's "prac" section and
+    prac-train's `prac:` section (YAML or --set) are an error naming both: neither silently wins. The JSON
+    section's 'enabled' and 'offload' keys are JSON-only and combine with either.
+    """
+    b = cfg.backend
+    if b.kind != "deepspeed" or not b.deepspeed_config:
+        return cfg
+    from prac_dist.deepspeed.config import parse_prac_section, prac_fields
+
+    path = b.deepspeed_config
+    if not Path(path).is_file():
+        raise ConfigError(f"backend.deepspeed_config={path!r}: no such file")
+    try:
+        section, fields = parse_prac_section(path), prac_fields(path)
+    except ValueError as exc:
+        raise ConfigError(f"--deepspeed {path}: {exc}") from None
+    if section is None or cfg.prac is None:
+        return cfg  # no section, or --no-prac / prac: null (the baseline runs without PRAC whatever the JSON says)
+    if not section.enabled:
+        cfg.prac, cfg.prac_source = None, f'"prac": {{"enabled": false}} in {path}'
+    elif fields and prac_from is not None:
+        raise ConfigError(f"PRAC settings given twice: {prac_from} and the \"prac\" section of {path} "
+                          f"(sets {', '.join(fields)}); keep one of them (the JSON section may keep "
+                          f"\"enabled\" and \"offload\")")
+    elif fields:
+        cfg.prac, cfg.prac_source = section.config, f'the "prac" section of {path}'
+    return cfg
 
 
 def from_dict(raw: Mapping[str, Any]) -> TrainConfig:
-    known = sorted(list(_SECTIONS) + ["prac"])
+    known = list(_SECTIONS) + ["prac"]
     for name in raw:
         if name not in known:
-            raise ConfigError(f"{name}: unknown section; accepted sections are {known}")
-    kwargs: Dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
-        kwargs[name] = _build_section(cls, raw.get(name) or {}, name)
+            raise unknown_key("", name, known)
+    kwargs: Dict[str, Any] = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
     if "prac" in raw and raw["prac"] is None:
         kwargs["prac"] = None
     else:
         try:
             kwargs["prac"] = PRACConfig.from_dict(raw.get("prac") or {}, where="prac")
-        except ValueError as exc:
+        except ValueError as exc:  # a range check written as a plain ValueError
             raise ConfigError(str(exc)) from None
     return TrainConfig(**kwargs)
-
-
-def _build_section(cls, data: Any, where: str):
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"{where}.{key}: unknown key; accepted keys are {sorted(names)}")
-        values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against the annotation; ints are accepted for floats, tuples come from lists."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(where, value, "true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(where, value, "an integer")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # PyYAML (YAML 1.1) reads `3e-4` (no dot) as a string; it is meant as a number.
-        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
-            return float(value)
-        raise _type_error(where, value, "a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(where, value, "a string")
-    if origin in (list, List):
-        if isinstance(value, str):
-            value = [value]  # one file is a list of one
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(where, value, "a list")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (tuple, Tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise _type_error(where, value, f"a list of {len(args)} numbers")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (dict, Dict):
-        if not isinstance(value, Mapping):
-            raise _type_error(where, value, "a mapping")
-        return dict(value)
-    raise AssertionError(f"untyped config field {where}: {hint}")  # pragma: no cover
-
-
-def _type_error(where: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{where}={value!r} has the wrong type ({type(value).__name__}): accepted is {expected}")
 
 
 def _validate_values(cfg: TrainConfig) -> None:

@@ -18,7 +18,9 @@ from prac_dist import PRACConfig, apply_prac
     ({"compress_nonlinear": 1}, ["compress_nonlinear", "1", "true or false"]),
     ({"kernel": "cuda"}, ["kernel", "'cuda'", "auto"]),
     ({"storage_bits": 4}, ["storage_bits", "4", "[16, 8]"]),
-    ({"target_modules": [1]}, ["target_modules", "list of module names"]),
+    ({"target_modules": [1]}, ["target_modules[0]", "1", "a string"]),
+    ({"target_modules": "q_proj"}, ["target_modules", "null or a list of strings"]),
+    ({"adaptive_rank": "on"}, ["adaptive_rank", "'on'", "['off', 'min_variance', 'energy', 'global']"]),
 ])
 def test_bad_field_is_named(kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -28,15 +30,18 @@ def test_bad_field_is_named(kwargs, words):
 
 
 def test_from_dict_rejects_unknown_key_and_auto():
-    with pytest.raises(ValueError, match=r"prac\.principle_ratio: unknown key; accepted keys are"):
+    # The nearest accepted key, not all 20 of them.
+    with pytest.raises(ValueError, match=r"^prac\.principle_ratio: unknown key; did you mean 'principal_ratio'\?$"):
         PRACConfig.from_dict({"principle_ratio": 0.3})
+    with pytest.raises(ValueError, match=r"prac\.zzz: unknown key; accepted keys are \['adaptive_energy', "):
+        PRACConfig.from_dict({"zzz": 0.3})
     with pytest.raises(ValueError, match=r"prac\.random_ratio='auto'"):
         PRACConfig.from_dict({"random_ratio": "auto"})
     with pytest.raises(ValueError, match=r"prac\.seed='1' has the wrong type \(str\)"):
         PRACConfig.from_dict({"seed": "1"})
     # `adaptive_rank: off` in YAML arrives as False: the error says to quote it.
-    with pytest.raises(ValueError, match=r'prac\.adaptive_rank=False has the wrong type \(bool\): accepted is a '
-                                         r'string \(YAML turns an unquoted off/on/no/yes into False: quote the '
+    with pytest.raises(ValueError, match=r'prac\.adaptive_rank=False has the wrong type \(bool\): accepted is one of '
+                                         r'\[.off., .min_variance., .energy., .global.\] \(YAML turns an unquoted off/on/no/yes into False: quote the '
                                          r'word, e\.g\. adaptive_rank: "off"\)'):
         PRACConfig.from_dict({"adaptive_rank": False})
     cfg = PRACConfig.from_dict({"principal_ratio": 0.25, "target_modules": ["q_proj"]})

@@ -3,11 +3,15 @@
 import pytest
 import yaml
 
+import json
+from pathlib import Path
+
+from prac_dist import PRACConfig
 from prac_dist.train.cli import main
 from prac_dist.train.config import ConfigError, load_config, parse_override
 from prac_dist.train.local import warmup_cosine
 
-from _train_util import run_cli
+from _train_util import run_cli, tiny_config
 
 
 def _write(tmp_path, data):
@@ -33,6 +37,36 @@ def test_bad_config_is_one_line_exit_2(tmp_path, capsys, data, named):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("prac-train: error: ") and named in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("data, line", [
+    ({"train": {"max_stepz": 3}}, "train.max_stepz: unknown key; did you mean 'max_steps'?"),
+    ({"trian": {}}, "trian: unknown key; did you mean 'train'?"),
+    ({"prac": {"principle_ratio": 0.3}}, "prac.principle_ratio: unknown key; did you mean 'principal_ratio'?"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas=[0.9] has the wrong type (list): accepted is a list of 2 numbers"),
+    ({"prac": {"kernel": "cuda"}}, "prac.kernel='cuda': accepted is one of ['auto', 'triton', 'torch']"),
+])
+def test_error_line_names_field_value_and_nearest_key(tmp_path, capsys, data, line):
+    assert main(["--config", _write(tmp_path, data), "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == f"prac-train: error: {line}"
+
+
+def test_flags_are_never_abbreviated(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--max-step", "5", "--print-config"])  # argparse's default would run this as --max-steps 5
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == ("prac-train: error: unrecognized arguments: --max-step 5 "
+                                               "(did you mean --max-steps?)")
+
+
+def test_target_modules_the_model_lacks_is_one_line(tmp_path, corpus):
+    proc = run_cli(["--config", tiny_config(tmp_path, corpus), "--output-dir", tmp_path / "out",
+                    "--set", "prac.target_modules=[nonexistent]", "--set", "train.measure_memory=false"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "prac-train: error: PRACConfig.target_modules: ['nonexistent'] match no module of this model; "
+        "accepted are names of its nn.Linear/Conv1D modules")
+    assert "Traceback" not in proc.stderr
 
 
 def test_bad_override_and_flags(tmp_path, capsys):
@@ -78,3 +112,62 @@ def test_warmup_cosine_schedule_values():
     assert warmup_cosine(4, 4, 14, 0.1) == 1.0
     assert warmup_cosine(9, 4, 14, 0.1) == pytest.approx(0.55, abs=1e-12)  # halfway: (1 + 0.1) / 2
     assert warmup_cosine(14, 4, 14, 0.1) == pytest.approx(0.1, abs=1e-12)
+
+
+# ---- one route for PRAC settings under --deepspeed -------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _ds(tmp_path, prac=None):
+    cfg = {"train_micro_batch_size_per_gpu": "auto"}
+    if prac is not None:
+        cfg["prac"] = prac
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def test_json_enabled_false_turns_prac_off_even_with_a_yaml_section(tmp_path):
+    yaml_path = _write(tmp_path, {"prac": {"principal_update_interval": 40}})
+    for config in (yaml_path, None):
+        cfg = load_config(config, {"backend.kind": "deepspeed",
+                                   "backend.deepspeed_config": _ds(tmp_path, {"enabled": False})})
+        assert cfg.prac is None and '"enabled": false' in cfg.prac_source
+
+
+def test_prac_settings_in_yaml_and_json_are_an_error_naming_both(tmp_path, capsys):
+    yaml_path = _write(tmp_path, {"prac": {"principal_update_interval": 40}})
+    ds = _ds(tmp_path, {"principal_ratio": 0.25, "offload": {"device": "none"}})
+    assert main(["--config", yaml_path, "--deepspeed", ds, "--print-config"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"prac-train: error: PRAC settings given twice: the prac: section of {yaml_path} and the \"prac\" "
+        f"section of {ds} (sets principal_ratio); keep one of them (the JSON section may keep \"enabled\" "
+        f"and \"offload\")")
+    assert main(["--deepspeed", ds, "--set", "prac.seed=3", "--print-config"]) == 2
+    assert "PRAC settings given twice: --set prac.seed and the" in capsys.readouterr().err
+
+
+def test_each_route_alone_is_used(tmp_path):
+    ds_fields = _ds(tmp_path, {"principal_ratio": 0.25})
+    cfg = load_config(None, {"backend.kind": "deepspeed", "backend.deepspeed_config": ds_fields})
+    assert cfg.prac == PRACConfig(principal_ratio=0.25) and cfg.prac_source == f'the "prac" section of {ds_fields}'
+    yaml_path = _write(tmp_path, {"prac": {"principal_update_interval": 40}})
+    for ds in (_ds(tmp_path, {"enabled": True, "offload": {"device": "cpu"}}), _ds(tmp_path)):
+        cfg = load_config(yaml_path, {"backend.kind": "deepspeed", "backend.deepspeed_config": ds})
+        assert cfg.prac.principal_update_interval == 40 and cfg.prac_source == f"the prac: section of {yaml_path}"
+    # --no-prac (the baseline half of --compare) runs without PRAC whatever the JSON says.
+    assert load_config(None, {"prac": None, "backend.kind": "deepspeed", "backend.deepspeed_config": ds_fields}).prac is None
+
+
+@pytest.mark.parametrize("ds", sorted((CONFIGS / "ds").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_ds_configs_combine_with_the_shipped_yaml(ds):
+    """README and launch/*.sh run llama_tiny.yaml with configs/ds/*.json: the YAML's prac: section is used."""
+    cfg = load_config(str(CONFIGS / "train" / "llama_tiny.yaml"),
+                      {"backend.kind": "deepspeed", "backend.deepspeed_config": str(ds)})
+    assert cfg.prac.principal_update_interval == 40  # the YAML's value, not the 500 default
+
+
+def test_compare_with_prac_disabled_in_the_json_names_the_json(tmp_path, capsys):
+    ds = _ds(tmp_path, {"enabled": False})
+    assert main(["--compare", "--deepspeed", ds, "--output-dir", tmp_path / "o"]) == 2
+    assert f'PRAC is off by "prac": {{"enabled": false}} in {ds}' in capsys.readouterr().err
