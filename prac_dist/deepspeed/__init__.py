@@ -3,8 +3,7 @@
     import prac_dist.deepspeed
     engine, optimizer, _, scheduler = prac_dist.deepspeed.initialize(model=model, config="ds.json")
 
-Hugging Face Trainer: `Trainer(..., args=TrainingArguments(deepspeed="ds.json"),
-callbacks=[prac_dist.deepspeed.PRACTrainerCallback()])`.
+Hugging Face Trainer and Accelerate: prac_dist.integrations (PRACTrainerCallback, prepare_accelerate).
 prac-train: `prac-train --deepspeed configs/ds/zero2.json` (DeepSpeedBackend).
 
 `deepspeed` itself is imported only when an engine is built, so reading and
@@ -29,15 +28,4 @@ __all__ = [
     "wire_engine",
     "save_prac_state",
     "load_prac_state",
-    "PRACTrainerCallback",
-    "patch_model_for_trainer",
 ]
-
-
-def __getattr__(name: str):
-    # transformers is heavy to import; only the Trainer path needs it.
-    if name in ("PRACTrainerCallback", "patch_model_for_trainer"):
-        from prac_dist.deepspeed import hf
-
-        return getattr(hf, name)
-    raise AttributeError(f"module 'prac_dist.deepspeed' has no attribute {name!r}")

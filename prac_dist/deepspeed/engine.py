@@ -89,13 +89,17 @@ def prepare_model(model: nn.Module, section: Optional[PRACSection]) -> Optional[
     return None
 
 
-def wire_engine(engine) -> None:
-    """Make the engine advance the PRAC schedule per optimizer step and checkpoint PRAC state."""
+def wire_engine(engine, checkpoints: bool = True) -> None:
+    """Make the engine advance the PRAC schedule per optimizer step and (checkpoints) checkpoint PRAC state.
+
+    checkpoints=False: the caller saves PRAC's state itself (Accelerate's save_state hooks do).
+    """
     if getattr(engine, _WIRED, False):
         return
     _wrap_step(engine)
-    _wrap_save(engine)
-    _wrap_load(engine)
+    if checkpoints:
+        _wrap_save(engine)
+        _wrap_load(engine)
     setattr(engine, _WIRED, True)
 
 

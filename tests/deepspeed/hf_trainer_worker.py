@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E4
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import prac_dist  # noqa: E402
-from prac_dist.deepspeed import PRACTrainerCallback  # noqa: E402
+from prac_dist.integrations import PRACTrainerCallback  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ds_worker  # noqa: E402  (model shape and data)
