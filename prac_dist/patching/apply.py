@@ -181,10 +181,13 @@ def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACSt
 def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targets: Optional[set]) -> None:
     """Swap what prac_dist.patching.discover found; say once what stays exact and what was left alone."""
     found = state.discovery = discover(model, cfg.kernel)
-    sites = [s for s in found.sites if cfg.compress_nonlinear or s.saved_after < s.saved_before]
+    # Without compression (or next to a copy another module keeps) a lean op is worth it only if leaner.
+    sites = [s for s in found.sites
+             if (cfg.compress_nonlinear and s.kept_by is None) or s.saved_after < s.saved_before]
     # A GELU MLP's down projection stores no input at all once the site is installed: nothing to compress.
     stores_nothing = {f"{s.name}.{s.option('names')[2]}" for s in sites if s.kind == "gelu_mlp"}
-    kept = []
+    kept = [f"{s.name} (its input is saved by {s.kept_by} too)" for s in found.sites
+            if cfg.compress_nonlinear and s.kept_by is not None]
     for group in found.groups:
         members = [m for m in group.members if (targets is None or m.rsplit(".", 1)[-1] in targets)
                    and m not in stores_nothing]
@@ -193,15 +196,8 @@ def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targe
         name = group.name if len(members) == len(group.members) else group_name(members)
         if group.kept_by is not None and targets is None:
             kept.append(f"{name} (its input is saved by {group.kept_by} anyway)")
-            continue
-        first = model.get_submodule(members[0])
-        comp = _new_compressor(cfg, name, linear_shape(first, is_conv1d(first))[0], nonlinear=False)
-        state.compressors[name] = comp
-        for member in members:
-            parent_name, _, attr = member.rpartition(".")
-            module = model.get_submodule(member)
-            _swap(state, model.get_submodule(parent_name), attr,
-                  PRACLinear(module, comp, transposed=is_conv1d(module)))
+        else:
+            _swap_group(model, name, members, cfg, state)
     for site in sites:
         _swap_site(model, site, cfg, state)
     if kept:
@@ -212,13 +208,24 @@ def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targe
                       f"{_collapse(f'{k}: {v}' for k, v in found.left_alone.items())}", stacklevel=3)
 
 
+def _swap_group(model: nn.Module, name: str, members, cfg: PRACConfig, state: PRACState) -> None:
+    """PRACLinears sharing one compressor for linears (full names) that read one tensor."""
+    first = model.get_submodule(members[0])
+    comp = state.compressors[name] = _new_compressor(cfg, name, linear_shape(first, is_conv1d(first))[0],
+                                                     nonlinear=False)
+    for member in members:
+        parent_name, _, attr = member.rpartition(".")
+        module = model.get_submodule(member)
+        _swap(state, model.get_submodule(parent_name), attr, PRACLinear(module, comp, transposed=is_conv1d(module)))
+
+
 def _swap_site(model: nn.Module, site: Site, cfg: PRACConfig, state: PRACState) -> None:
     """Install a discovered site's replacement (compressing its input under compress_nonlinear)."""
     module = model.get_submodule(site.name)
     parent_name, _, attr = site.name.rpartition(".")
 
     def comp_for(name: str, n: int) -> Optional[Compressor]:
-        if not cfg.compress_nonlinear:
+        if not cfg.compress_nonlinear or site.kept_by is not None:
             return None
         c = state.compressors[name] = _new_compressor(cfg, name, n, nonlinear=True)
         return c

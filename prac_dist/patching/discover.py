@@ -21,7 +21,7 @@ the module that saved it. From that, not from module names:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -42,6 +42,7 @@ __all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replac
 # in the lean RMSNorm than Gemma does (one ulp: 2^-8 for bfloat16).
 _TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 _PROBE_SHAPE = (2, 16)
+_COMPRESSES_ITS_INPUT = ("rms", "layer", "gelu")  # (SwiGLU / GELU MLPs compress tensors made inside them)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Site:
     saved_before: int = 0
     saved_after: int = 0
     """Bytes the module and its uncompressed replacement saved for backward on the probe."""
+    kept_by: Optional[str] = None
+    """For a norm or GELU: type of another module that saves the same input anyway (GPT-NeoX's two
+    LayerNorms read one x): a compressed copy per reader would add bytes, so the input stays exact."""
 
     def option(self, key: str):
         return dict(self.options)[key]
@@ -170,6 +174,9 @@ def discover(model: nn.Module, kernel: str = "auto", probe: Optional[Dict[str, t
             continue  # not run by the probe, or inside an MLP already swapped whole
         site, why = _match(name, module, call, kernel)
         if site is not None:
+            if site.kind in _COMPRESSES_ITS_INPUT:
+                mine = {id(m) for m in module.modules()}
+                site = replace(site, kept_by=_kept_by(model, saved, call.inputs[0], mine))
             found.sites.append(site)
             swapped.append(name)
         elif why is not None:
@@ -194,13 +201,18 @@ def _linear_groups(model: nn.Module, calls: Dict[str, _Call], saved: Dict[int, s
     groups = []
     for key, members in by_input.items():
         x = calls[members[0]].inputs[0]
-        savers = saved.get(x.untyped_storage().data_ptr(), set()) - {member_ids[m] for m in members}
-        kept_by = None
-        if savers:
-            saver = next((m for m in model.modules() if id(m) in savers), None)
-            kept_by = type(saver).__name__ if saver is not None else "(outside modules)"
+        kept_by = _kept_by(model, saved, x, {member_ids[m] for m in members})
         groups.append(LinearGroup(group_name(members), tuple(members), kept_by))
     return groups
+
+
+def _kept_by(model: nn.Module, saved: Dict[int, set], x: torch.Tensor, readers: set) -> Optional[str]:
+    """Type of a module other than `readers` that saved x's storage for backward on the probe, if any."""
+    savers = saved.get(x.untyped_storage().data_ptr(), set()) - readers
+    if not savers:
+        return None
+    saver = next((m for m in model.modules() if id(m) in savers), None)
+    return type(saver).__name__ if saver is not None else "(outside modules)"
 
 
 def group_name(members) -> str:

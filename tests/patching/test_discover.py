@@ -139,9 +139,9 @@ def test_a_layer_whose_input_is_kept_anyway_stays_exact_and_is_named_once():
         apply_prac(model, PRACConfig())
     kept = [str(w.message) for w in caught if "left exact" in str(w.message)]
     assert len(kept) == 1 and "model.layers.*.self_attn.o_proj" in kept[0] and "MixtralAttention" in kept[0]
-    assert not isinstance(model.model.layers[0].self_attn.o_proj, PRACLinear)
-    assert isinstance(model.model.layers[0].self_attn.q_proj, PRACLinear)
-    assert model.model.layers[0].self_attn.q_proj.prac_compressor is model.model.layers[0].self_attn.v_proj.prac_compressor
+    attn = model.model.layers[0].self_attn
+    assert not isinstance(attn.o_proj, PRACLinear) and isinstance(attn.q_proj, PRACLinear)
+    assert attn.q_proj.prac_compressor is attn.v_proj.prac_compressor
 
 
 def test_discovered_patch_round_trips():
@@ -197,3 +197,18 @@ def test_discovered_families_under_peft_lora(family, order):
     for name, ref in want.items():
         err = (got[name] - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
         assert err <= GRAD_RTOL, f"{family} ({order}): {name} gradient off by {err:.2e}"
+
+
+def test_norms_sharing_one_input_keep_it_exact():
+    """GPT-NeoX's two LayerNorms read the same x (parallel residual): one compressed copy each would add
+    bytes next to the x the other keeps, so neither is compressed, and apply_prac says so."""
+    model = build("gpt_neox")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_prac(model, PRACConfig())
+    kept = [str(w.message) for w in caught if "left exact" in str(w.message)]
+    assert len(kept) == 1 and "gpt_neox.layers.*.input_layernorm" in kept[0]
+    assert "gpt_neox.layers.*.post_attention_layernorm" in kept[0]
+    state = get_prac_state(model)
+    assert not any("layernorm" in name for name in state.compressors)
+    assert "gpt_neox.final_layer_norm" in state.compressors  # its input is its own
