@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prac_dist.loss import auto_chunk_size, linear_cross_entropy
+from torch.utils.flop_counter import FlopCounterMode
+
+from prac_dist.loss import auto_chunk_size, linear_cross_entropy, store_fits
 
 IGNORE = -100
 
@@ -44,11 +46,12 @@ def _rel(a, b):
     ((3, 17), 24, 97, 51),
     ((2, 9), 32, 512, 1000),
 ])
-def test_float32_loss_and_all_grads_match_reference(shape, d, vocab, chunk):
+@pytest.mark.parametrize("backward", ["recompute", "store"])
+def test_float32_loss_and_all_grads_match_reference(shape, d, vocab, chunk, backward):
     h, w, b, y = _inputs(shape, d, vocab, torch.float32)
     params = [h, w, b]
     ref, ref_g = _grads(lambda: _reference(h, w, b, y), params)
-    out, out_g = _grads(lambda: linear_cross_entropy(h, w, y, b, chunk_size=chunk), params)
+    out, out_g = _grads(lambda: linear_cross_entropy(h, w, y, b, chunk_size=chunk, backward=backward), params)
     # float32 rounding: sums over <= 512 terms reordered -> a few ulps (ulp(1) = 1.2e-7).
     torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
     for got, want in zip(out_g, ref_g):
@@ -69,9 +72,10 @@ def test_sum_reduction_and_num_items_in_batch():
         torch.testing.assert_close(out, ref.detach() / 57, rtol=2e-6, atol=1e-7)
 
 
-def test_ignored_rows_get_zero_gradient_and_do_not_count():
+@pytest.mark.parametrize("backward", ["recompute", "store"])
+def test_ignored_rows_get_zero_gradient_and_do_not_count(backward):
     h, w, b, y = _inputs((2, 10), 8, 33, torch.float32, ignore_every=3)
-    out, (gh, _, _) = _grads(lambda: linear_cross_entropy(h, w, y, b, chunk_size=3), [h, w, b])
+    out, (gh, _, _) = _grads(lambda: linear_cross_entropy(h, w, y, b, chunk_size=3, backward=backward), [h, w, b])
     ignored = (y == IGNORE)
     assert ignored.any() and (~ignored).any()
     assert torch.count_nonzero(gh[ignored]) == 0
@@ -91,7 +95,8 @@ def test_custom_ignore_index_and_no_bias():
     torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
 
 
-def test_bfloat16_matches_hf_upcast_within_one_bf16_ulp():
+@pytest.mark.parametrize("backward", ["recompute", "store"])
+def test_bfloat16_matches_hf_upcast_within_one_bf16_ulp(backward):
     # Logits are the same bf16 matmul results upcast to float32, so the loss and dX agree to
     # float32 rounding. dW is accumulated per chunk from bf16 chunk products (one bf16 rounding
     # per chunk, summed in float32), the reference rounds once: we allow 2^-7 relative to the
@@ -99,7 +104,7 @@ def test_bfloat16_matches_hf_upcast_within_one_bf16_ulp():
     h, w, b, y = _inputs((4, 33), 64, 300, torch.bfloat16)
     params = [h, w, b]
     ref, ref_g = _grads(lambda: _reference(h, w, b, y), params)
-    out, out_g = _grads(lambda: linear_cross_entropy(h, w, y, b, chunk_size=16), params)
+    out, out_g = _grads(lambda: linear_cross_entropy(h, w, y, b, chunk_size=16, backward=backward), params)
     assert out.dtype == torch.float32 and all(g.dtype == torch.bfloat16 for g in out_g)
     torch.testing.assert_close(out, ref, rtol=2e-6, atol=2e-6)
     for got, want in zip(out_g, ref_g):
@@ -123,7 +128,7 @@ def test_autocast_matches_autocast_reference():
     assert (out - full).abs() > 1e-5
 
 
-def test_saves_no_vocab_sized_tensor_and_the_weight_parameter_itself():
+def test_recompute_saves_no_vocab_sized_tensor_and_the_weight_parameter_itself():
     h, w, b, y = _inputs((8, 16), 32, 2000, torch.float32)
     w = torch.nn.Parameter(w.detach())
     saved = []
@@ -133,7 +138,7 @@ def test_saves_no_vocab_sized_tensor_and_the_weight_parameter_itself():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = linear_cross_entropy(h, w, y, b, chunk_size=16)
+        loss = linear_cross_entropy(h, w, y, b, chunk_size=16, backward="recompute")
     n = h.shape[0] * h.shape[1]
     assert any(t is w for t in saved), "the weight Parameter itself must be saved (ZeRO-3 / FSDP2 re-gather)"
     others = [t for t in saved if t is not w and t is not b]
@@ -173,6 +178,7 @@ def test_auto_chunk_size():
     ({"reduction": "none"}, "reduction='none'"),
     ({"chunk_size": 0}, "chunk_size=0"),
     ({"chunk_size": True}, "chunk_size=True"),
+    ({"backward": "never"}, "backward='never'"),
 ])
 def test_bad_arguments_name_the_field(kwargs, match):
     h, w, b, y = _inputs((1, 4), 8, 10, torch.float32)
@@ -191,3 +197,104 @@ def test_bad_labels_and_shapes():
         linear_cross_entropy(h, w, y.float(), b)
     with pytest.raises(ValueError, match="hidden has last dimension"):
         linear_cross_entropy(h[..., :4], w, y, b)
+
+
+# ---- backward="store": gradients computed in forward (3 head matmuls instead of 4) ----
+
+@pytest.mark.parametrize("backward", ["recompute", "store"])
+def test_grad_output_scale_and_accumulation_match_reference(backward):
+    # Two micro-batches, HF's num_items_in_batch normalisation and an outer scale (a loss scaler):
+    # the stored gradients must be multiplied by the incoming gradient, then accumulate in .grad.
+    h, w, b, y = _inputs((2, 13), 16, 50, torch.float32)
+    h2, _, _, y2 = _inputs((2, 13), 16, 50, torch.float32, seed=1)
+    n = int((y != IGNORE).sum() + (y2 != IGNORE).sum())
+    params = [h, h2, w, b]
+
+    def run(loss_fn):
+        for t in params:
+            t.grad = None
+        (loss_fn(h, y) * 3.5).backward()
+        (loss_fn(h2, y2) * 3.5).backward()
+        return [t.grad.clone() for t in params]
+
+    want = run(lambda x, t: _reference(x, w, b, t, reduction="sum") / n)
+    got = run(lambda x, t: linear_cross_entropy(x, w, t, b, num_items_in_batch=n, chunk_size=7, backward=backward))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def _head_flops(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn().backward()
+    return counter.get_total_flops()
+
+
+def test_store_does_three_head_matmuls_recompute_four():
+    h, w, _, y = _inputs((4, 32), 64, 1000, torch.float32, bias=False)
+    matmul = 2 * 128 * 64 * 1000  # one N x d x V matmul
+    assert _head_flops(lambda: _reference(h, w, None, y)) == 3 * matmul
+    assert _head_flops(lambda: linear_cross_entropy(h, w, y, chunk_size=40, backward="store")) == 3 * matmul
+    assert _head_flops(lambda: linear_cross_entropy(h, w, y, chunk_size=40, backward="recompute")) == 4 * matmul
+    # 128 tokens > d = 64: 'auto' keeps the gradients (store_fits), so it does 3.
+    assert store_fits(128, 64, 1000, 4, bias=False)
+    assert _head_flops(lambda: linear_cross_entropy(h, w, y, chunk_size=40)) == 3 * matmul
+
+
+def test_store_saves_dx_and_float32_dw_only():
+    h, w, b, y = _inputs((8, 16), 32, 2000, torch.bfloat16)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = linear_cross_entropy(h, w, y, b, chunk_size=16, backward="store")
+    n = h.shape[0] * h.shape[1]
+    assert not any(t is w for t in saved), "store mode needs neither the weight nor the hidden states in backward"
+    # dX (N x d bf16) + dW (V x d float32) + db (V float32) + the mean's divisor.
+    want = n * 32 * 2 + 2000 * 32 * 4 + 2000 * 4
+    assert want <= sum(t.numel() * t.element_size() for t in saved) <= want + 64
+    loss.backward()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation|backward through the graph a second time"):
+        loss.backward()
+
+
+def test_store_under_no_grad_stores_nothing_and_equals_recompute():
+    h, w, b, y = _inputs((2, 9), 16, 70, torch.float32)
+    with torch.no_grad():
+        a = linear_cross_entropy(h, w, y, b, backward="store")
+    torch.testing.assert_close(a, linear_cross_entropy(h.detach(), w.detach(), y, b.detach(), backward="recompute"))
+    assert a.grad_fn is None
+
+
+def test_store_fits_compares_buffers_with_the_float32_logits():
+    # LLaMA-130M, bf16, 2,048 tokens: 97 MiB of buffers against 250 MiB of logits -> store.
+    assert store_fits(2048, 768, 32000, 2, bias=False)
+    # 512 tokens: 4·V·d alone (94 MiB) exceeds the 62.5 MiB of logits -> recompute.
+    assert not store_fits(512, 768, 32000, 2, bias=False)
+
+
+def test_tied_embeddings_gpt2_store_equals_unfused():
+    # GPT-2 ties lm_head.weight to wte: dW from the head and from the embedding must add up.
+    transformers = pytest.importorskip("transformers")
+    from prac_dist.loss import install_fused_loss
+
+    cfg = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+    torch.manual_seed(0)
+    ref = transformers.GPT2LMHeadModel(cfg).eval()
+    fused = transformers.GPT2LMHeadModel(cfg).eval()
+    fused.load_state_dict(ref.state_dict())
+    assert fused.lm_head.weight is fused.transformer.wte.weight
+    assert install_fused_loss(fused)
+    ids = torch.randint(0, 100, (2, 24), generator=torch.Generator().manual_seed(1))
+    # 2 x 24 = 48 tokens (47 counted after the shift, 48 rows) > d = 32: 'auto' takes 'store'.
+    assert store_fits(48, 32, 100, 4, bias=False)
+    losses = []
+    for model in (ref, fused):
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        losses.append(out.loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-6, atol=2e-6)
+    for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)
