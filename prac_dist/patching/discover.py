@@ -9,9 +9,9 @@ the module that saved it. From that, not from module names:
 - a group whose input some other op keeps for backward anyway (the attention output, which SDPA
   saves and o_proj reads as a view) is left exact: compressing it would add Z and free nothing;
 - a module with one 1-D weight over the last dimension is tried as RMSNorm (w · x̂), Gemma's
-  (1 + w) · x̂ and LayerNorm; a module whose linear children compute down(silu(gate x) · up x)
-  (two linears or one fused gate_up) as the lean SwiGLU; a parameterless elementwise module as GELU.
-  and down(gelu(up x)) as the GELU MLP whose down projection stores nothing (ops/gelu_linear.py).
+  (1 + w) · x̂ and LayerNorm; a parameterless elementwise module as GELU; a module whose linear
+  children compute down(silu(gate x) · up x) (two linears or one fused gate_up) as the lean SwiGLU,
+  or down(gelu(up x)) as the GELU MLP whose down projection stores nothing (ops/gelu_linear.py);
   Each candidate is the very replacement module apply_prac installs (uncompressed); it qualifies
   only when, on the module's own probe input, its output and its gradients (input and parameters,
   for a random upstream gradient) equal the module's to the dtype's rounding. The bytes each saves
@@ -38,8 +38,9 @@ from prac_dist.patching.modules import (PRACGELU, PRACGELUMLP, PRACLayerNorm, PR
 __all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replacement"]
 
 # Relative error (max |a - b| / max |b|) within which a replacement counts as the module itself:
-# float32 reorders sums (measured <= 3e-7 on the tiny models); 16-bit formats round x̂ once more
-# in the lean RMSNorm than Gemma does (one ulp: 2^-8 for bfloat16).
+# float32 only reorders sums (a few ulp, 1e-7); 16-bit formats round x̂ once more in the lean RMSNorm
+# than Gemma does (one ulp: 2^-8 for bfloat16). A wrong formula (w vs 1 + w, exact vs tanh GELU in
+# float32, a swapped gate/up) is off by 1e-3 or far more.
 _TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 _PROBE_SHAPE = (2, 16)
 _COMPRESSES_ITS_INPUT = ("rms", "layer", "gelu")  # (SwiGLU / GELU MLPs compress tensors made inside them)
