@@ -68,10 +68,10 @@ def main(argv=None) -> int:
         n = xb.shape[1]
         r = int(0.3 * n)
         prev = exact_principal_basis(xa, r)
-        exact = captured_energy(xb, exact_principal_basis(xb, r))
+        exact = float(captured_energy(xb, exact_principal_basis(xb, r)))
         for label, fn in methods.items():
             sec, q = _time(lambda: fn(xb, r, prev), args.repeats)
-            e = captured_energy(xb, q)
+            e = float(captured_energy(xb, q))
             rows.append({"activation": name, "N": xb.shape[0], "n": n, "r": r, "method": label,
                          "seconds": sec, "energy": e, "energy_vs_exact": e / exact})
     base = {(row["activation"]): row["seconds"] for row in rows if row["method"] == "eigh fp32 of XᵀX"}

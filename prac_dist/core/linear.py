@@ -2,6 +2,7 @@
 
 Forward:  Y = X Wᵀ + b  (exact), saves only the compressed Z (shared per input tensor) and W.
 Backward: dX = dY W (exact);  dW = (dYᵀ Z) [Q1 | Q2]ᵀ  -- out x r then r x n, never N x n.
+          With an int8 compressor (no basis): dW = dYᵀ X~, X~ the dequantized, unbiased X.
 
 The weight is passed to `apply` and saved as the Parameter itself: ZeRO-3 and FSDP2 free
 and re-gather a Parameter's storage in place, so a saved view or cast would pin (or lose)
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from prac_dist.core.storage import unpack
 from prac_dist.core.subspace import Compressor
 
-__all__ = ["PRACLinearFunction", "prac_linear", "compute_dtype"]
+__all__ = ["prac_linear"]
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -43,7 +44,7 @@ class PRACLinearFunction(torch.autograd.Function):
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.x_dtype = x.dtype
         # Keep the basis of *this* forward: a refresh between forward and backward must not leak in.
-        ctx.q_back = comp.q_back(x.device)
+        ctx.q_back = comp.q_back(x.device) if comp.projects else None
         ctx.n_packed = len(packed)
         ctx.save_for_backward(weight, *packed)
         return y
@@ -60,7 +61,9 @@ class PRACLinearFunction(torch.autograd.Function):
             dx = (dy2d @ w.t() if ctx.transposed else dy2d @ w).reshape(*dy.shape[:-1], -1).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             z = unpack(tuple(packed), dtype, ctx.comp.kernel)
-            g = (dy2d.t() @ z).float() @ ctx.q_back.t()  # out x n in float32
+            g = (dy2d.t() @ z).float()  # out x r (projected) or out x n (int8 X itself)
+            if ctx.q_back is not None:
+                g = g @ ctx.q_back.t()  # out x n in float32
             dw = (g.t() if ctx.transposed else g).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2d.float().sum(0).to(ctx.bias_dtype)

@@ -1,18 +1,24 @@
-"""How a compressed activation is stored: Z = X·Q at 16 bits, or int8 with stochastic rounding.
+"""How a compressed activation is stored: Z = X·Q, or a tensor itself in int8 with stochastic rounding.
+
+Every path goes through prac_dist.kernels.projection (`fused_project`, `quantize`, `dequantize`):
+with kernel='torch' (the CPU path) that is the PyTorch reference the Triton kernels are tested
+against, so there is one implementation of the arithmetic.
 
 8-bit: per-row scale s_i = max_j |z_ij| / 127 and q_ij = floor(z_ij / s_i + u_ij), u ~ U[0, 1),
 so E[q_ij · s_i] = z_ij: the stored activation stays an unbiased estimate and so does dW.
-The uniform noise comes from torch's default generator, which activation checkpointing
-saves and restores, so a recompute stores the same codes.
+The compressor passes the seed of each rounding (from its seed, name, rank and a call counter kept in
+its state), so a resumed run rounds exactly as an uninterrupted one and no seed is read back from a
+device. The forward output never depends on the noise, so an activation-checkpointing recompute that
+draws other codes changes nothing but which unbiased estimate backward uses.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-__all__ = ["pack", "pack_projected", "unpack", "mark_compressed", "is_compressed_activation"]
+from prac_dist.kernels.projection import dequantize, fused_project, quantize
+
+__all__ = ["is_compressed_activation"]
 
 COMPRESSED_ATTR = "_prac_compressed"
 
@@ -27,59 +33,29 @@ def is_compressed_activation(t: torch.Tensor) -> bool:
     return bool(getattr(t, COMPRESSED_ATTR, False))
 
 
-def _use_triton(kernel: str, device: torch.device) -> bool:
-    if kernel == "torch":
-        return False
-    try:
-        from prac_dist.kernels import resolve_kernel
-    except ImportError:
-        if kernel == "triton":
-            raise
-        return False
-    return resolve_kernel(kernel, device) == "triton"
+@torch.no_grad()
+def pack(x2d: torch.Tensor, q_fwd: torch.Tensor, bits: int, kernel: str = "torch", seed: int = 0) -> tuple:
+    """Stored form of x2d's projection Z = x2d·q_fwd (q_fwd float32), kept as `pack_projected` keeps it."""
+    z, _ = fused_project(x2d, q_fwd, 16, kernel=kernel)
+    return pack_projected(z, bits, kernel, seed)
 
 
 @torch.no_grad()
-def pack(x2d: torch.Tensor, q_fwd: torch.Tensor, bits: int, kernel: str = "torch") -> tuple:
-    """Stored form of x2d: its projection Z = x2d·q_fwd, kept as `pack_projected` keeps it."""
-    if _use_triton(kernel, x2d.device):
-        from prac_dist.kernels import fused_project
-
-        z, _ = fused_project(x2d, q_fwd.float(), 16, kernel=kernel)
-    else:
-        z = x2d @ q_fwd
-    return pack_projected(z, bits, kernel)
-
-
-@torch.no_grad()
-def pack_projected(z: torch.Tensor, bits: int, kernel: str = "torch") -> tuple:
+def pack_projected(z: torch.Tensor, bits: int, kernel: str = "torch", seed: int = 0) -> tuple:
     """Stored form of a projected Z: itself at 16 bits, (int8 codes, float32 row scales) at 8."""
     if bits == 16:
         return (mark_compressed(z),)
-    if _use_triton(kernel, z.device):
-        from prac_dist.kernels import quantize
-
-        # The seed comes from torch's default generator, which activation checkpointing restores.
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        return tuple(mark_compressed(t) for t in quantize(z, seed, kernel))
-    return tuple(mark_compressed(t) for t in quantize_int8_sr(z))
+    return pack_int8(z, kernel, seed)
 
 
-def quantize_int8_sr(z: torch.Tensor, generator: Optional[torch.Generator] = None):
-    zf = z.float()
-    scale = zf.abs().amax(dim=-1) / 127.0
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    noise = torch.rand(zf.shape, device=zf.device, generator=generator)
-    codes = torch.floor(zf / safe[:, None] + noise).clamp_(-127, 127).to(torch.int8)
-    return codes, scale
+@torch.no_grad()
+def pack_int8(x2d: torch.Tensor, kernel: str = "torch", seed: int = 0) -> tuple:
+    """(int8 codes, float32 row scales) of x2d, unbiased: n + 4 bytes per row instead of 2n (bf16)."""
+    return tuple(mark_compressed(t) for t in quantize(x2d, seed, kernel))
 
 
 def unpack(packed: tuple, dtype: torch.dtype, kernel: str = "torch") -> torch.Tensor:
     if len(packed) == 1:
         return packed[0].to(dtype)
     codes, scale = packed
-    if _use_triton(kernel, codes.device):
-        from prac_dist.kernels import dequantize
-
-        return dequantize(codes, scale, dtype, kernel=kernel)
-    return (codes.float() * scale[:, None]).to(dtype)
+    return dequantize(codes, scale, dtype, kernel=kernel)

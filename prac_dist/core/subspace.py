@@ -10,6 +10,15 @@ that reads that tensor: q/k/v, gate/up) and its refresh schedule:
 
 Q2 comes from a fresh generator seeded by (seed, group, rank, draw index), so a
 resumed run redraws exactly what an uninterrupted one would, on any device.
+
+A Compressor with storage='int8' has no basis: it stores X itself in int8 with stochastic
+rounding (prac_dist.core.storage.pack_int8) where projecting would cost more FLOPs than it saves
+(prac_dist.core.cost).
+
+Refreshes stay on the device (no host synchronisation): the captured energy is a 0-dim tensor
+read only by prac_stats; a batch with a non-finite value keeps the previous basis (counted in
+`nonfinite_refreshes`), and the Gram is formed from X / max|X| so activations near the float32
+limit (1e38) do not overflow it.
 """
 
 from __future__ import annotations
@@ -21,8 +30,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["Compressor", "principal_basis", "random_complement_basis", "data_parallel_rank", "variance_curve",
-           "allocate_budgets"]
+__all__ = ["Compressor"]
 
 # Z tensors carry this attribute so offload hooks can move them and nothing else.
 COMPRESSED_ATTR = "_prac_compressed"
@@ -44,10 +52,25 @@ def _seed(*parts) -> int:
 
 
 @torch.no_grad()
-def spectrum(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (descending, >= 0) and eigenvectors of XᵀX in float32."""
+def finite_scaled(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(X / max|X| in float32 with non-finite entries zeroed, whether X was all finite): device tensors.
+
+    Bases and energy shares do not depend on X's scale; the scaling keeps the Gram's entries <= N
+    (activations of 1e38 square to inf in float32) and the zeroing keeps eigh from failing to converge.
+    """
     x = x2d.float()
+    ok = torch.isfinite(x).all()
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    amax = x.abs().amax()
+    return x / torch.where(amax > 0, amax, torch.ones_like(amax)), ok
+
+
+@torch.no_grad()
+def spectrum(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, >= 0) and eigenvectors of XᵀX in float32, X as `finite_scaled` gives it."""
+    x, _ = finite_scaled(x2d)
     gram = x.t() @ x  # n x n: N·n² flops, far cheaper than an SVD of the N x n matrix
+    # (On CUDA torch checks eigh's convergence flag on the host: the one sync left, on refresh steps only.)
     evals, evecs = torch.linalg.eigh(gram)
     return evals.flip(0).clamp_min(0), evecs.flip(-1)
 
@@ -126,21 +149,21 @@ def allocate_budgets(curves: Dict[str, torch.Tensor], total: int) -> Dict[str, i
 
 
 @torch.no_grad()
-def principal_basis(x2d: torch.Tensor, r1: int) -> Tuple[torch.Tensor, float]:
-    """Top-r1 right singular vectors of x2d (float32) and the share of ‖X‖²_F they capture."""
+def principal_basis(x2d: torch.Tensor, r1: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-r1 right singular vectors of x2d (float32) and the share of ‖X‖²_F they capture (0-dim tensor)."""
     evals, evecs = spectrum(x2d)
     return _top(evals, evecs, r1, x2d)
 
 
-def _top(evals: torch.Tensor, evecs: torch.Tensor, r1: int, x2d: torch.Tensor) -> Tuple[torch.Tensor, float]:
-    total = float(evals.sum())
+def _top(evals: torch.Tensor, evecs: torch.Tensor, r1: int, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    total = evals.sum()
     if r1 == 0:
-        return x2d.new_zeros(x2d.shape[1], 0, dtype=torch.float32), 0.0
+        return x2d.new_zeros(x2d.shape[1], 0, dtype=torch.float32), total.new_zeros(())
     # float32 eigh leaves its eigenvectors orthogonal only to ~1e-5; one QR (cheap, n x r1) brings
     # [Q1 | Q2] back to ~1e-7, which is what makes full rank reproduce the exact gradient.
     top, _ = torch.linalg.qr(evecs[:, :r1])
-    captured = float(evals[:r1].sum())
-    return top, (captured / total if total > 0 else 1.0)
+    captured = evals[:r1].sum()
+    return top, torch.where(total > 0, captured / torch.where(total > 0, total, 1.0), torch.ones_like(total))
 
 
 @torch.no_grad()
@@ -160,9 +183,15 @@ class Compressor:
 
     def __init__(self, name: str, n: int, r1: int, r2: int, *, seed: int, per_rank_random: bool,
                  storage_bits: int = 16, solver: str = "exact", kernel: str = "auto",
-                 adaptive: str = "off", adaptive_energy: float = 0.9, t1: int = 500, t2: int = 500):
-        if r1 + r2 == 0 or r1 + r2 > n:
+                 adaptive: str = "off", adaptive_energy: float = 0.9, t1: int = 500, t2: int = 500,
+                 storage: str = "project"):
+        if storage not in ("project", "int8"):
+            raise ValueError(f"{name}: storage={storage!r}: accepted is 'project' or 'int8'")
+        if storage == "project" and (r1 + r2 == 0 or r1 + r2 > n):
             raise ValueError(f"{name}: r1={r1}, r2={r2} for width n={n}: accepted is 0 < r1 + r2 <= n")
+        if storage == "int8" and adaptive != "off":
+            raise ValueError(f"{name}: adaptive={adaptive!r} needs a basis; storage='int8' has none")
+        self.storage = storage
         self.name, self.n, self.r1, self.r2 = name, n, r1, r2
         self.budget, self.adaptive, self.adaptive_energy = r1 + r2, adaptive, adaptive_energy
         self.t1, self.t2 = t1, t2
@@ -173,7 +202,9 @@ class Compressor:
         self.principal_due = True
         self.random_due = True
         self.draws = 0
-        self.energy: Optional[float] = None
+        self.roundings = 0  # stochastic roundings so far: each gets its own seed (see next_seed)
+        self.energy: Optional[torch.Tensor] = None  # 0-dim, on the device: read lazily (prac_stats)
+        self.nonfinite_refreshes: Optional[torch.Tensor] = None  # refreshes that kept the old basis
         # adaptive='global': the last scheduled refresh's variance curve, waiting for step() to reallocate.
         self.curve: Optional[torch.Tensor] = None
         self.followup = False  # this refresh only applies a new budget: it does not start a reallocation
@@ -190,6 +221,11 @@ class Compressor:
     def rank(self) -> int:
         return self.r1 + self.r2
 
+    @property
+    def projects(self) -> bool:
+        """True: stores Z = X[Q1 | cQ2]; False: stores X itself in int8 (no basis)."""
+        return self.storage == "project"
+
     # ---- schedule -------------------------------------------------------------------------
     def mark(self, step: int) -> None:
         if step % self.t1 == 0:
@@ -200,10 +236,20 @@ class Compressor:
     @torch.no_grad()
     def refresh(self, x2d: torch.Tensor) -> None:
         """Recompute whatever the schedule says is due, from this training batch."""
-        if not (self.principal_due or self.random_due):
+        if not self.projects or not (self.principal_due or self.random_due):
             return
         if self.principal_due:
-            self.q1, self.energy = self._principal(x2d)
+            x, ok = finite_scaled(x2d)
+            q1, energy = self._principal(x)
+            # A batch with inf/nan keeps the previous basis (device-side select, no host sync); a first
+            # refresh has none, and takes the basis of the batch's finite part (still orthonormal).
+            if self.q1 is not None and self.q1.shape == q1.shape:
+                q1 = torch.where(ok, q1, self.q1.to(q1.device))
+                if self.energy is not None:
+                    energy = torch.where(ok, energy, self.energy.to(energy.device))
+            bad = (~ok).to(torch.int64)
+            self.nonfinite_refreshes = bad if self.nonfinite_refreshes is None else self.nonfinite_refreshes + bad
+            self.q1, self.energy = q1, energy
             self.principal_due = False
             self.random_due = True  # Q2 must live in the complement of the new Q1
         if self.random_due:
@@ -217,7 +263,7 @@ class Compressor:
         self._back = None
         self._shared = None
 
-    def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # Adaptive first: an r1 it once set to 0 must be re-chosen at the next refresh, not kept.
         if self.adaptive != "off":
             evals, evecs = spectrum(x2d)
@@ -229,13 +275,13 @@ class Compressor:
             self.r2 = self.budget - self.r1
             return _top(evals, evecs, self.r1, x2d)
         if self.r1 == 0:
-            return x2d.new_zeros(self.n, 0, dtype=torch.float32), 0.0
+            return x2d.new_zeros(self.n, 0, dtype=torch.float32), x2d.new_zeros((), dtype=torch.float32)
         if self.solver == "randomized":
             from prac_dist.kernels import captured_energy, randomized_principal_basis
 
             q1 = randomized_principal_basis(x2d, self.r1, q_prev=self.q1)
             q1, _ = torch.linalg.qr(q1)  # same orthonormality as the exact path: full rank stays exact
-            return q1, float(captured_energy(x2d, q1))
+            return q1, captured_energy(x2d, q1)
         return principal_basis(x2d, self.r1)
 
     # ---- projection -------------------------------------------------------------------------
@@ -253,12 +299,20 @@ class Compressor:
             self._back = torch.cat([self.q1, self.q2], dim=1).to(device=device, dtype=torch.float32)
         return self._back
 
+    def next_seed(self) -> int:
+        """Seed of the next int8 stochastic rounding: (seed, group, rank, count), a host-side hash."""
+        self.roundings += 1
+        return _seed(self.seed, self.name, "round", data_parallel_rank(), self.roundings) & ((1 << 62) - 1)
+
     @torch.no_grad()
     def compress(self, x2d: torch.Tensor) -> tuple:
-        """Stored form of x2d: (Z,) at 16 bits, (int8 codes, float32 row scales) at 8 bits."""
-        from prac_dist.core.storage import pack
+        """Stored form of x2d: (Z,) at 16 bits, (int8 codes, float32 row scales) of Z at 8 bits, or of X for int8."""
+        from prac_dist.core.storage import pack, pack_int8
 
-        return pack(x2d, self.q_fwd(x2d.dtype, x2d.device), self.storage_bits, self.kernel)
+        if not self.projects:
+            return pack_int8(x2d, self.kernel, self.next_seed())
+        seed = self.next_seed() if self.storage_bits == 8 else 0
+        return pack(x2d, self.q_fwd(torch.float32, x2d.device), self.storage_bits, self.kernel, seed)
 
     def compress_shared(self, x: torch.Tensor, x2d: torch.Tensor) -> tuple:
         """Compress once per input tensor: q/k/v (gate/up) calls with the same x reuse one Z."""
@@ -276,6 +330,8 @@ class Compressor:
         """X~ = Z [Q1 | Q2]ᵀ (N x n): only nonlinear layers need it, and only in backward."""
         from prac_dist.core.storage import unpack
 
+        if not self.projects:
+            return unpack(packed, dtype, self.kernel)
         z = unpack(packed, torch.float32, self.kernel)
         return (z @ self.q_back(z.device).t()).to(dtype)
 
@@ -283,13 +339,19 @@ class Compressor:
     def state_dict(self) -> dict:
         return {
             "n": self.n, "r1": self.r1, "r2": self.r2, "budget": self.budget, "followup": self.followup,
-            "draws": self.draws,
-            "principal_due": self.principal_due, "random_due": self.random_due, "energy": self.energy,
+            "draws": self.draws, "storage": self.storage, "roundings": self.roundings,
+            "nonfinite_refreshes": 0 if self.nonfinite_refreshes is None else int(self.nonfinite_refreshes),
+            "principal_due": self.principal_due, "random_due": self.random_due,
+            "energy": None if self.energy is None else float(self.energy),
             "q1": None if self.q1 is None else self.q1.detach().cpu().clone(),
             "q2": None if self.q2 is None else self.q2.detach().cpu().clone(),
         }
 
     def load_state_dict(self, state: dict, device: Optional[torch.device] = None) -> None:
+        if state.get("storage", "project") != self.storage:
+            raise ValueError(f"PRAC state for {self.name}: storage={state.get('storage', 'project')!r} in the "
+                             f"checkpoint, {self.storage!r} in this model (linear_storage / nonlinear_storage "
+                             f"must match the saved run)")
         # Adaptive ranks move r1/r2 at every refresh; only their sum (the stored bytes) is fixed.
         keys = ("n", "r1", "r2") if self.adaptive == "off" else ("n",)
         budget = state["budget"] if self.adaptive == "global" else self.budget
@@ -306,8 +368,10 @@ class Compressor:
         if self.adaptive == "global":  # its budget moves too; the model's total is checked by the caller
             self.budget, self.followup = int(state["budget"]), bool(state["followup"])
         self.draws = int(state["draws"])
+        self.roundings = int(state.get("roundings", 0))
         self.principal_due, self.random_due = bool(state["principal_due"]), bool(state["random_due"])
-        self.energy = state["energy"]
+        self.energy = None if state["energy"] is None else torch.tensor(float(state["energy"]))
+        self.nonfinite_refreshes = torch.tensor(int(state.get("nonfinite_refreshes", 0)))
         self.q1 = None if state["q1"] is None else state["q1"].to(device or "cpu")
         self.q2 = None if state["q2"] is None else state["q2"].to(device or "cpu")
         self._fwd_cache.clear()

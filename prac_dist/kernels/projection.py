@@ -31,7 +31,7 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = tl = None
 
-__all__ = ["fused_project", "quantize", "dequantize", "torch_fused_project", "torch_dequantize"]
+__all__ = ["fused_project", "quantize", "dequantize"]
 
 _QMAX = 127.0  # symmetric int8 range [-127, 127]; -128 unused so the grid is symmetric
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -194,14 +194,15 @@ def _torch_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
     return (x2d.float() @ q).to(x2d.dtype)
 
 
-def _torch_quantize(z: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _torch_quantize(z: torch.Tensor, seed: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     zf = z.float()
     amax = zf.abs().amax(dim=1) if z.shape[1] else zf.new_zeros(z.shape[0])
     scale = amax / _QMAX
     # scale == 0 only for an all-zero row, whose z / 1 = 0: no 0/0 anywhere.
     v = (zf / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-_QMAX, _QMAX)
     lo = torch.floor(v)
-    gen = torch.Generator(device=z.device).manual_seed(seed)
+    # seed None: the default generator of z's device, drawn on the device (no host round trip).
+    gen = None if seed is None else torch.Generator(device=z.device).manual_seed(seed)
     u = torch.rand(v.shape, generator=gen, device=z.device, dtype=torch.float32)
     return (lo + (u < v - lo).float()).to(torch.int8), scale
 
@@ -213,7 +214,7 @@ def torch_fused_project(
     z = _torch_project(x2d, q_fwd)
     if storage_bits == 16:
         return z, None
-    return _torch_quantize(z, _resolve_seed(seed))
+    return _torch_quantize(z, seed)
 
 
 def torch_dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -254,7 +255,7 @@ def quantize(z: torch.Tensor, seed: Optional[int] = None, kernel: str = "auto") 
     if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"z: expected a 2-D float32/bfloat16/float16 tensor [N, r], got {_describe(z)}")
     if resolve_kernel(kernel, z.device) == "torch":
-        return _torch_quantize(z, _resolve_seed(seed))
+        return _torch_quantize(z, seed)
     return _triton_quantize(z.contiguous(), _resolve_seed(seed))
 
 
@@ -273,8 +274,9 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, kernel:
 
 def _resolve_seed(seed: Optional[int]) -> int:
     if seed is None:
-        # Drawn from torch's default generator so torch.manual_seed reproduces it.
-        return int(torch.randint(0, 2**31 - 1, ()).item())
+        # Drawn from torch's default CPU generator so torch.manual_seed reproduces it (and activation
+        # checkpointing, which restores it); a CPU tensor, so no device-to-host synchronisation.
+        return int(torch.randint(0, 2**31 - 1, (), device="cpu").item())
     return seed
 
 

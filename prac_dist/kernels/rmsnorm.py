@@ -25,8 +25,7 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-__all__ = ["rmsnorm_forward", "rmsnorm_backward", "rmsnorm_project_forward", "torch_rmsnorm_forward",
-           "torch_rmsnorm_backward", "torch_rmsnorm_project_forward", "RMSNormFunction"]
+__all__ = ["rmsnorm_forward", "rmsnorm_backward", "rmsnorm_project_forward"]
 
 _MAX_WIDTH = 65536  # one row per program in registers: 64K float32 lanes is Triton's block limit
 
@@ -250,24 +249,6 @@ def rmsnorm_project_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float,
         return torch_rmsnorm_project_forward(x2d, weight, eps, q_fwd)
     _check_width(x2d.shape[1])
     return _triton_rmsnorm_project(x2d.contiguous(), weight.contiguous(), float(eps), q_fwd.float())
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """Lean RMSNorm over the last dim: saves x (its own dtype), weight and rstd."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps, kernel="auto"):
-        x2d = x.reshape(-1, x.shape[-1])
-        y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
-        ctx.kernel = kernel
-        ctx.save_for_backward(x2d, weight, rstd)
-        return y.reshape(x.shape[:-1] + y.shape[-1:])
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2d, weight, rstd = ctx.saved_tensors
-        dx, dw = rmsnorm_backward(dy.reshape(x2d.shape), x2d, weight, rstd, ctx.kernel)
-        return dx.reshape(dy.shape), dw, None, None
 
 
 def _check(x2d, name: str) -> None:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["randomized_principal_basis", "captured_energy", "exact_principal_basis"]
+__all__ = ["randomized_principal_basis", "captured_energy"]
 
 
 @torch.no_grad()
@@ -66,13 +66,15 @@ def exact_principal_basis(x2d: torch.Tensor, r: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def captured_energy(x2d: torch.Tensor, q: torch.Tensor) -> float:
-    """‖X Q‖²_F / ‖X‖²_F for an orthonormal Q [n, r] (1.0 for an all-zero X)."""
+def captured_energy(x2d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """‖X Q‖²_F / ‖X‖²_F for an orthonormal Q [n, r] (1.0 for an all-zero X), a 0-dim float32 tensor.
+
+    It stays on X's device: the training loop reads it only when someone asks (no host sync).
+    """
     x = x2d.float()
-    total = float(x.pow(2).sum())
-    if total == 0.0:
-        return 1.0
-    return float((x @ q.float()).pow(2).sum()) / total
+    total = x.pow(2).sum()
+    captured = (x @ q.float()).pow(2).sum()
+    return torch.where(total > 0, captured / torch.where(total > 0, total, 1.0), torch.ones_like(total))
 
 
 def _gram_operator(x: torch.Tensor, k: int, iters: int):

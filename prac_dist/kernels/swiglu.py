@@ -23,8 +23,7 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-__all__ = ["swiglu_forward", "swiglu_backward", "swiglu_project_forward", "torch_swiglu_forward",
-           "torch_swiglu_backward", "torch_swiglu_project_forward", "SwiGLUFunction"]
+__all__ = ["swiglu_forward", "swiglu_backward", "swiglu_project_forward"]
 
 _BLOCK = 1024  # elements per program: 4 warps x 32 lanes x 8 elements, 16-byte bf16 vectors
 
@@ -190,22 +189,6 @@ def swiglu_project_forward(g2d: torch.Tensor, u2d: torch.Tensor, qg: torch.Tenso
     if resolve_kernel(kernel, g2d.device) == "torch":
         return torch_swiglu_project_forward(g2d, u2d, qg, qu)
     return _triton_swiglu_project(g2d.contiguous(), u2d.contiguous(), qg.float(), qu.float())
-
-
-class SwiGLUFunction(torch.autograd.Function):
-    """Lean SwiGLU: saves g and u (not silu(g)), recomputes silu in backward."""
-
-    @staticmethod
-    def forward(ctx, g, u, kernel="auto"):
-        ctx.kernel = kernel
-        ctx.save_for_backward(g, u)
-        return swiglu_forward(g, u, kernel)
-
-    @staticmethod
-    def backward(ctx, dh):
-        g, u = ctx.saved_tensors
-        dg, du = swiglu_backward(dh, g, u, ctx.kernel)
-        return dg, du, None
 
 
 def _check(**tensors) -> None:

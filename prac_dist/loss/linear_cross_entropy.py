@@ -244,8 +244,11 @@ def linear_cross_entropy(
     elif not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r}: accepted is None or an integer >= 1")
     bad = (y != ignore_index) & ((y < 0) | (y >= vocab))
-    if bool(bad.any()):
-        raise ValueError(f"labels contain {int(y[bad][0])}: accepted are 0..{vocab - 1} and ignore_index={ignore_index}")
+    accepted = f"accepted are 0..{vocab - 1} and ignore_index={ignore_index}"
+    try:  # a device-side assert: no host sync on the training hot path (the CPU checks it at once)
+        torch._assert_async(~bad.any(), f"labels contain a value outside the vocabulary: {accepted}")
+    except RuntimeError:
+        raise ValueError(f"labels contain {int(y[bad][0])}: {accepted}") from None
     if backward == "auto":
         backward = "store" if store_fits(h.shape[0], d, vocab, h.element_size(), bias is not None) else "recompute"
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (h, weight, bias))

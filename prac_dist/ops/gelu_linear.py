@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from prac_dist.core.linear import compute_dtype
-from prac_dist.ops.activation import _gelu_grad
+from prac_dist.ops.gelu import _gelu_grad
 
 __all__ = ["GELULinearFunction", "gelu_linear"]
 

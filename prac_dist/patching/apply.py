@@ -12,8 +12,9 @@ from torch import nn
 
 from prac_dist.config import PRACConfig
 from prac_dist.validate import ConfigError  # settings that do not fit the model: prac-train exits 2
+from prac_dist.core.cost import linear_storage_mode
 from prac_dist.core.subspace import Compressor, allocate_budgets
-from prac_dist.ops.activation import GELU_APPROXIMATIONS
+from prac_dist.ops.gelu import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
                                         is_conv1d, is_linear, linear_shape)
 from prac_dist.models.registry import ARCHITECTURES, Architecture
@@ -22,7 +23,7 @@ from prac_dist.patching.wrappers import base_layer, swap_site, unwrap, unwrap_ch
 from prac_dist.patching.discover import Discovery, Site, discover, group_name, replacement
 
 __all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
-           "prac_stats", "is_prac_model", "get_prac_state", "PRACState"]
+           "prac_stats", "nonfinite_refreshes", "is_prac_model", "get_prac_state", "PRACState"]
 
 _STATE_ATTR = "_prac_state"
 
@@ -56,8 +57,13 @@ def _width(weight: torch.Tensor) -> int:
     return int(getattr(weight, "ds_shape", weight.shape)[-1])
 
 
-def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool) -> Compressor:
+def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool, m: int = 0) -> Compressor:
+    """m: total output width of a linear group (what linear_storage='auto' weighs the projection against)."""
     r1, r2 = cfg.ranks(n, nonlinear)
+    storage = cfg.nonlinear_storage if nonlinear else linear_storage_mode(cfg.linear_storage, n, m, r1 + r2)
+    if storage == "int8":
+        return Compressor(name, n, r1, r2, seed=cfg.seed, per_rank_random=cfg.per_rank_random, kernel=cfg.kernel,
+                          storage="int8")
     if r1 + r2 == 0:
         prefix = "nonlinear_" if nonlinear else ""
         raise ConfigError(
@@ -155,8 +161,9 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
             continue
         first = getattr(parent, members[0])
         n = linear_shape(first, transposed or is_conv1d(first))[0]
+        m = sum(linear_shape(getattr(parent, k), transposed or is_conv1d(getattr(parent, k)))[1] for k in members)
         gname = f"{pname}.{'+'.join(members)}" if pname else "+".join(members)
-        comp = _new_compressor(cfg, gname, n, nonlinear=False)
+        comp = _new_compressor(cfg, gname, n, nonlinear=False, m=m)
         state.compressors[gname] = comp
         for member in members:
             module = base_layer(getattr(parent, member))
@@ -388,6 +395,15 @@ def load_prac_state_dict(model: nn.Module, sd: dict) -> None:
 
 
 def prac_stats(model: nn.Module) -> Dict[str, float]:
-    """Share of ‖X‖²_F the principal subspace captured at its last refresh, per basis group."""
+    """Share of ‖X‖²_F the principal subspace captured at its last refresh, per basis group.
+
+    The shares live on the device during training; this is where they are read (a host sync).
+    """
     state = _require_state(model, "prac_stats")
-    return {name: comp.energy for name, comp in state.compressors.items() if comp.energy is not None}
+    return {name: float(comp.energy) for name, comp in state.compressors.items() if comp.energy is not None}
+
+
+def nonfinite_refreshes(model: nn.Module) -> int:
+    """Refreshes, over all basis groups, that saw inf/nan activations and kept the previous basis."""
+    state = _require_state(model, "nonfinite_refreshes")
+    return sum(int(c.nonfinite_refreshes) for c in state.compressors.values() if c.nonfinite_refreshes is not None)

@@ -31,7 +31,7 @@ from torch import nn
 from prac_dist.core.subspace import Compressor
 from prac_dist.memory.accounting import measure_saved_bytes
 from prac_dist.models.registry import ARCHITECTURES
-from prac_dist.ops.activation import GELU_APPROXIMATIONS
+from prac_dist.ops.gelu import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACGELUMLP, PRACLayerNorm, PRACRMSNorm, PRACSwiGLUMLP,
                                         is_conv1d, is_linear, linear_shape)
 

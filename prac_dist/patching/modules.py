@@ -9,9 +9,11 @@ from torch import nn
 
 from prac_dist.core.linear import prac_linear
 from prac_dist.core.subspace import Compressor
-from prac_dist.ops.activation import lean_gelu, lean_swiglu
+from prac_dist.ops.gelu import lean_gelu
+from prac_dist.ops.layernorm import lean_layer_norm
+from prac_dist.ops.rmsnorm import lean_rms_norm
+from prac_dist.ops.swiglu import lean_swiglu
 from prac_dist.ops.gelu_linear import gelu_linear
-from prac_dist.ops.norm import lean_layer_norm, lean_rms_norm
 
 __all__ = ["PRACLinear", "PRACRMSNorm", "PRACLayerNorm", "PRACSwiGLUMLP", "PRACGELU", "PRACGELUMLP", "linear_shape",
            "is_linear", "is_conv1d"]

@@ -85,7 +85,9 @@ class Setting:
                 "nonlinear_principal_ratio": self.nonlinear_principal_ratio,
                 "nonlinear_random_ratio": self.nonlinear_random_ratio,
                 "compress_nonlinear": self.compress_nonlinear, "storage_bits": self.storage_bits,
-                "fused_loss": self.fused_loss}
+                "fused_loss": self.fused_loss,
+                # What this planner models: every input projected (it does not model the int8 modes yet).
+                "linear_storage": "project", "nonlinear_storage": "project"}
 
 
 def ranks(n: int, principal: float, random: float) -> int:

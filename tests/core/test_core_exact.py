@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from prac_dist import PRACConfig, apply_prac, is_prac_model, load_prac_state_dict, prac_state_dict, remove_prac, step
 
 FULL = dict(principal_ratio=0.5, random_ratio=0.5, nonlinear_principal_ratio=0.5, nonlinear_random_ratio=0.5,
+            linear_storage="project", nonlinear_storage="project", storage_bits=16,
             fused_loss=False)
 
 

@@ -49,8 +49,9 @@ def _run(model, x, steps):
 
 def test_global_moves_budgets_keeps_total_and_bytes(make_llama):
     x = torch.randint(0, 128, (4, 64), generator=torch.Generator().manual_seed(0))
-    fixed = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False))
-    moved = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False,
+    fixed = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False,
+                                                           linear_storage="project"))
+    moved = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False, linear_storage="project",
                                                        adaptive_rank="global"))
     _run(fixed, x, 2)
     _run(moved, x, 2)  # step 1 measures the spectra and reallocates, step 2 refreshes the moved bases
@@ -67,7 +68,7 @@ def test_global_moves_budgets_keeps_total_and_bytes(make_llama):
 
 def test_global_budgets_survive_a_checkpoint(make_llama):
     x = torch.randint(0, 128, (4, 64), generator=torch.Generator().manual_seed(0))
-    cfg = PRACConfig(compress_nonlinear=False, fused_loss=False, adaptive_rank="global")
+    cfg = PRACConfig(compress_nonlinear=False, fused_loss=False, adaptive_rank="global", linear_storage="project")
     model = apply_prac(make_llama(ffn=176), cfg)
     _run(model, x, 2)
     sd = prac_state_dict(model)

@@ -83,7 +83,7 @@ def test_principal_subspace_cuts_variance_tenfold_on_low_rank_activations():
     x = x + 0.01 * torch.randn(512, 64, generator=gen)
     dy = torch.randn(512, 32, generator=gen)
     common = dict(random_update_interval=1, principal_update_interval=10**6, target_modules=["proj"],
-                  fused_loss=False)
+                  linear_storage="project", fused_loss=False)
     prac = _grad_variance(x, dy, PRACConfig(principal_ratio=0.3, random_ratio=0.3, **common))
     rand = _grad_variance(x, dy, PRACConfig(principal_ratio=0.0, random_ratio=0.6, **common))
     assert rand > 10 * prac, (prac, rand)
@@ -100,7 +100,8 @@ def test_adaptive_rank_keeps_bytes_and_lowers_the_variance_bound(make_llama):
     assert best == min(range(4), key=bound) == 2
     assert choose_r1(lam, budget=4, policy="energy", energy=0.9) == 2  # 150/158 >= 0.9
     assert choose_r1(lam, budget=4, policy="energy", energy=0.999) == 3  # capped: r2 >= 1
-    model = apply_prac(make_llama(), PRACConfig(adaptive_rank="min_variance", fused_loss=False))
+    model = apply_prac(make_llama(), PRACConfig(adaptive_rank="min_variance", fused_loss=False, linear_storage="project",
+                                                nonlinear_storage="project"))
     x = torch.randint(0, 128, (4, 64))
     model(input_ids=x, labels=x).loss.backward()
     for comp in model._prac_state.compressors.values():

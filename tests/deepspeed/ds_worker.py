@@ -30,7 +30,8 @@ import prac_dist.deepspeed as pds  # noqa: E402
 
 VOCAB, SEQ, MICRO = 512, 32, 2
 FULL_RANK = {"principal_ratio": 0.5, "random_ratio": 0.5, "compress_nonlinear": True,
-             "nonlinear_principal_ratio": 0.5, "nonlinear_random_ratio": 0.5}
+             "nonlinear_principal_ratio": 0.5, "nonlinear_random_ratio": 0.5,
+             "linear_storage": "project", "nonlinear_storage": "project", "storage_bits": 16}  # full-rank projection is exact
 ACTIVE, SUCCESSORS = 64, 2  # tokens in use, successors per token: the best loss is ln 2 = 0.69
 _CHAIN = torch.randint(0, ACTIVE, (ACTIVE, SUCCESSORS), generator=torch.Generator().manual_seed(1234))
 

@@ -7,7 +7,7 @@ import torch
 import prac_dist
 from prac_dist.deepspeed import CompressedActivationOffload, OffloadConfig
 
-LINEAR_ONLY = dict(compress_nonlinear=False, fused_loss=False)
+LINEAR_ONLY = dict(compress_nonlinear=False, fused_loss=False, linear_storage="project", storage_bits=16)
 
 
 def _grads(model, x):

@@ -118,8 +118,8 @@ def fsdp_run(prac, steps: int, start: int = 0, backend=None, **backend_kwargs):
 
 
 FULL_RANK = PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principal_ratio=0.5,
-                       nonlinear_random_ratio=0.5, compress_nonlinear=True,
-                       principal_update_interval=3, random_update_interval=2)
+                       nonlinear_random_ratio=0.5, compress_nonlinear=True, linear_storage="project",
+                       nonlinear_storage="project", storage_bits=16, principal_update_interval=3, random_update_interval=2)
 # The paper's ratios (linear 0.3/0.3, nonlinear 0.2/0.2); refresh every 10 steps so a 40-step run
 # exercises Q1/Q2 refreshes. DEFAULT_LINEAR: the same linear ratios, norm/activation inputs exact.
 DEFAULT = PRACConfig(principal_update_interval=10, random_update_interval=10)

@@ -14,10 +14,10 @@ import torch
 from _kernels_testutil import DTYPES, U32, assert_within, kernel_device
 from prac_dist.kernels import (quantize, rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward,
                                swiglu_backward, swiglu_forward, swiglu_project_forward)
-from prac_dist.kernels.rmsnorm import (RMSNormFunction, torch_rmsnorm_backward, torch_rmsnorm_forward,
-                                      torch_rmsnorm_project_forward)
-from prac_dist.kernels.swiglu import (SwiGLUFunction, torch_swiglu_backward, torch_swiglu_forward,
-                                     torch_swiglu_project_forward)
+from prac_dist.kernels.rmsnorm import torch_rmsnorm_backward, torch_rmsnorm_forward, torch_rmsnorm_project_forward
+from prac_dist.kernels.swiglu import torch_swiglu_backward, torch_swiglu_forward, torch_swiglu_project_forward
+from prac_dist.ops.rmsnorm import lean_rms_norm
+from prac_dist.ops.swiglu import lean_swiglu
 
 DEVICE = kernel_device()
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -73,15 +73,16 @@ def test_rmsnorm_backward_matches_reference(N, n, dtype):
 
 
 def test_rmsnorm_function_gradients():
-    # The autograd.Function wiring: gradients equal the references' (float32, exact ops).
-    x = _rand(3, 5, 64, dtype=torch.float32, seed=9).requires_grad_()
-    w = _rand(64, dtype=torch.float32, seed=10).requires_grad_()
-    dy = _rand(3, 5, 64, dtype=torch.float32, seed=11)
-    RMSNormFunction.apply(x, w, EPS, "triton").backward(dy)
-    _, rstd = torch_rmsnorm_forward(x.detach().reshape(-1, 64), w.detach(), EPS)
-    dx_ref, dw_ref = torch_rmsnorm_backward(dy.reshape(-1, 64), x.detach().reshape(-1, 64), w.detach(), rstd)
-    torch.testing.assert_close(x.grad.reshape(-1, 64), dx_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(w.grad, dw_ref, rtol=1e-5, atol=1e-5)
+    # The op's one autograd Function (prac_dist.ops.rmsnorm): Triton against its kernel='torch' reference.
+    grads = {}
+    for kernel in ("triton", "torch"):
+        x = _rand(3, 5, 64, dtype=torch.float32, seed=9).requires_grad_()
+        w = _rand(64, dtype=torch.float32, seed=10).requires_grad_()
+        dy = _rand(3, 5, 64, dtype=torch.float32, seed=11)
+        lean_rms_norm(x, w, EPS, None, kernel).backward(dy)
+        grads[kernel] = (x.grad, w.grad)
+    for got, ref in zip(grads["triton"], grads["torch"]):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -106,13 +107,16 @@ def test_swiglu_matches_reference(shape, dtype):
 
 
 def test_swiglu_function_gradients():
-    g = _rand(4, 33, dtype=torch.float32, seed=4).requires_grad_()
-    u = _rand(4, 33, dtype=torch.float32, seed=5).requires_grad_()
-    dh = _rand(4, 33, dtype=torch.float32, seed=6)
-    SwiGLUFunction.apply(g, u, "triton").backward(dh)
-    dg_ref, du_ref = torch_swiglu_backward(dh, g.detach(), u.detach())
-    torch.testing.assert_close(g.grad, dg_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(u.grad, du_ref, rtol=1e-5, atol=1e-6)
+    # The op's one autograd Function (prac_dist.ops.swiglu): Triton against its kernel='torch' reference.
+    grads = {}
+    for kernel in ("triton", "torch"):
+        g = _rand(4, 33, dtype=torch.float32, seed=4).requires_grad_()
+        u = _rand(4, 33, dtype=torch.float32, seed=5).requires_grad_()
+        dh = _rand(4, 33, dtype=torch.float32, seed=6)
+        lean_swiglu(g, u, None, None, kernel).backward(dh)
+        grads[kernel] = (g.grad, u.grad)
+    for got, ref in zip(grads["triton"], grads["torch"]):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
 
@@ -175,7 +179,8 @@ def test_patched_llama_runs_the_triton_norm_and_swiglu(compress_nonlinear):
         model = model.to(DEVICE)
         apply_prac(model, PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principal_ratio=0.5,
                                      nonlinear_random_ratio=0.5, compress_nonlinear=compress_nonlinear,
-                                     kernel=kernel, fused_loss=False))
+                                     kernel=kernel, fused_loss=False, linear_storage="project",
+                                     nonlinear_storage="project", storage_bits=16))
         norm = model.model.layers[0].input_layernorm
         mlp = model.model.layers[0].mlp
         assert (type(norm).__name__, norm.kernel, type(mlp).__name__, mlp.kernel) == (

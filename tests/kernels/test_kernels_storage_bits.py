@@ -50,7 +50,7 @@ def test_8bit_halves_stored_bytes_of_z():
     z_bytes, totals = {}, {}
     for bits in (16, 8):
         model = _tiny_llama(torch.bfloat16)
-        apply_prac(model, PRACConfig(storage_bits=bits, fused_loss=False))
+        apply_prac(model, PRACConfig.paper(storage_bits=bits, fused_loss=False))
         run = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
         z_bytes[bits], _ = _compressed_bytes(run)
         totals[bits] = measure_saved_bytes(run, model).total_bytes
@@ -76,11 +76,11 @@ def test_8bit_weight_gradient_is_unbiased():
 
     model = _tiny_llama()
     apply_prac(model, PRACConfig(principal_ratio=0.5, random_ratio=0.5, compress_nonlinear=False,
-                                 storage_bits=8, fused_loss=False))
+                                 storage_bits=8, fused_loss=False, linear_storage="project"))
     params = {n: p for n, p in model.named_parameters() if n in exact}
     draws = {n: [] for n in exact}
     torch.manual_seed(123)
-    for _ in range(K):  # each forward draws a fresh rounding seed from torch's RNG
+    for _ in range(K):  # each forward rounds with a fresh seed (the compressor's counter)
         model.zero_grad(set_to_none=True)
         model(input_ids=ids, labels=ids).loss.backward()
         for n, p in params.items():
@@ -112,7 +112,8 @@ def test_8bit_training_within_one_percent_of_16bit():
     for bits in (16, 8):
         model = _tiny_llama(vocab=2048)
         apply_prac(model, PRACConfig(storage_bits=bits, fused_loss=False, principal_update_interval=20,
-                                     random_update_interval=20))
+                                     random_update_interval=20, linear_storage="project",
+                                     nonlinear_storage="project"))
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
         from prac_dist import hook_optimizer
 

@@ -1,30 +1,27 @@
-"""Lean SwiGLU and GELU.
+"""Lean SwiGLU: the one autograd Function of the op (kernel='torch' is the reference).
 
 HF's LlamaMLP saves the gate output, the SiLU output and the up output (3 x ffn per
 token); the lean SwiGLU saves gate and up only and recomputes SiLU in backward
-(2 x ffn), or their PRAC projections with compress_nonlinear. Its arithmetic is
-prac_dist.kernels.swiglu (Triton on CUDA with kernel='auto').
+(2 x ffn), or their stored forms (int8, or PRAC projections) with compress_nonlinear.
+Its arithmetic is prac_dist.kernels.swiglu (Triton on CUDA with kernel='auto').
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from prac_dist.core.storage import pack_projected
 from prac_dist.kernels.dispatch import resolve_kernel
 from prac_dist.kernels.swiglu import swiglu_backward, swiglu_forward, swiglu_project_forward
-from prac_dist.ops._saved import restored_input, stored_input
+from prac_dist.ops._saved import restored_input
 
-__all__ = ["LeanSwiGLUFunction", "LeanGELUFunction", "lean_swiglu", "lean_gelu", "GELU_APPROXIMATIONS"]
+__all__ = ["LeanSwiGLUFunction", "lean_swiglu"]
 
 
 class LeanSwiGLUFunction(torch.autograd.Function):
     """Forward and backward are prac_dist.kernels' SwiGLU: Triton on CUDA, its PyTorch reference elsewhere.
 
-    With compressors on the Triton path, h and both inputs' projections are one kernel
+    With projecting compressors on the Triton path, h and both inputs' projections are one kernel
     (swiglu_project_forward): g and u are read once.
     """
 
@@ -35,11 +32,12 @@ class LeanSwiGLUFunction(torch.autograd.Function):
         for comp, x2d in ((comp_g, g2d), (comp_u, u2d)):
             if comp is not None:  # (autograd runs forward with grad off: compress directly, not via stored_input)
                 comp.refresh(x2d)
-        if comp_g is not None and comp_u is not None and resolve_kernel(kernel, g.device) == "triton":
+        if (comp_g is not None and comp_u is not None and comp_g.projects and comp_u.projects
+                and resolve_kernel(kernel, g.device) == "triton"):
             h, zg, zu = swiglu_project_forward(g2d, u2d, comp_g.q_fwd(g.dtype, g.device),
                                                comp_u.q_fwd(u.dtype, u.device), kernel)
-            saved_g = pack_projected(zg, comp_g.storage_bits, kernel)
-            saved_u = pack_projected(zu, comp_u.storage_bits, kernel)
+            saved_g = pack_projected(zg, comp_g.storage_bits, kernel, comp_g.next_seed())
+            saved_u = pack_projected(zu, comp_u.storage_bits, kernel, comp_u.next_seed())
             h = h.reshape(g.shape)
         else:
             h = swiglu_forward(g, u, kernel)
@@ -63,37 +61,3 @@ def lean_swiglu(g, u, comp_g=None, comp_u=None, kernel="auto"):
     if not torch.is_grad_enabled():
         return swiglu_forward(g, u, kernel)
     return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, kernel)
-
-
-# HF activation names -> the GELU variant they compute.
-GELU_APPROXIMATIONS = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh"}
-_K = math.sqrt(2.0 / math.pi)
-
-
-def _gelu_grad(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    if approximate == "tanh":
-        t = torch.tanh(_K * (x + 0.044715 * x.pow(3)))
-        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _K * (1 + 3 * 0.044715 * x * x)
-    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
-    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    return cdf + x * pdf
-
-
-class LeanGELUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, approximate, comp, *saved):
-        ctx.approximate, ctx.comp, ctx.shape, ctx.dtype = approximate, comp, x.shape, x.dtype
-        ctx.save_for_backward(*saved)
-        return F.gelu(x.float(), approximate=approximate).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x = restored_input(ctx.saved_tensors, ctx.comp, ctx.shape, ctx.dtype).float()
-        dx = dy.float() * _gelu_grad(x, ctx.approximate)
-        return (dx.to(ctx.dtype), None, None) + (None,) * len(ctx.saved_tensors)
-
-
-def lean_gelu(x, approximate="tanh", comp=None):
-    if not torch.is_grad_enabled():
-        return F.gelu(x.float(), approximate=approximate).to(x.dtype)
-    return LeanGELUFunction.apply(x, approximate, comp, *stored_input(x, comp))
