@@ -18,7 +18,8 @@ from prac_dist.memory import measure_saved_bytes  # noqa: E402
 from prac_dist.patching import get_prac_state  # noqa: E402
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-FULL = PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principal_ratio=0.5, nonlinear_random_ratio=0.5)
+FULL = PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principal_ratio=0.5, nonlinear_random_ratio=0.5,
+                  linear_storage="project", nonlinear_storage="project", storage_bits=16)  # exact at full rank
 # Full rank reproduces dW up to float32 rounding of the eigen-basis products (measured 1e-4 relative).
 TOL = 1e-3
 
