@@ -114,8 +114,16 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 def make_backend_factory(cfg: TrainConfig):
     """The engine is imported only when selected, so a missing optional dependency fails only its own mode."""
     b, t = cfg.backend, cfg.train
+    said = []
 
     def make():
+        # Said once, when the input has passed the loop's checks (a rejected run prints only its error).
+        from prac_dist.train.loop import env_rank_world
+
+        if not said and env_rank_world()[0] == 0:
+            said.append(True)
+            print(f"prac-train: PRAC {'off' if cfg.prac is None else 'settings'} from {cfg.prac_source}",
+                  file=sys.stderr)
         if b.kind == "local":
             from prac_dist.train.loop import env_rank_world
             from prac_dist.train.local import LocalBackend
@@ -146,8 +154,6 @@ def run(cfg: TrainConfig, compare: bool, resume: bool) -> List[Dict[str, Any]]:
 
     out = Path(cfg.train.output_dir)
     rank, _ = env_rank_world()
-    if rank == 0:
-        print(f"prac-train: PRAC {'off' if cfg.prac is None else 'settings'} from {cfg.prac_source}", file=sys.stderr)
     # Rank 0 alone holds the folder: the other ranks write into the same one (torchrun's 2 ranks on one
     # node would otherwise lock each other out), and rank 0 exiting 2 makes the launcher stop them.
     with OutputLock(out) if rank == 0 else contextlib.nullcontext():

@@ -45,6 +45,7 @@ class OutputLock:
         self.token = secrets.token_hex(8)
         self._stop = threading.Event()
         self._beat: Optional[threading.Thread] = None
+        self._created: list = []  # folders acquire() made: removed again on release when still empty
 
     def __enter__(self) -> "OutputLock":
         self.acquire()
@@ -54,6 +55,11 @@ class OutputLock:
         self.release()
 
     def acquire(self) -> None:
+        # A run rejected for bad input leaves nothing behind, not even an empty --output-dir.
+        missing = self.folder
+        while not missing.exists():
+            self._created.append(missing)
+            missing = missing.parent
         self.folder.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "proc_start": _proc_start(os.getpid()), "token": self.token}
@@ -77,6 +83,12 @@ class OutputLock:
             self._beat = None
         if (_read(self.path) or {}).get("token") == self.token:
             self.path.unlink(missing_ok=True)
+        for folder in self._created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote into it) or already gone
+                break
+        self._created = []
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -75,6 +75,15 @@ def test_heartbeat_keeps_the_lock_fresh(tmp_path):
         assert lock.path.stat().st_mtime > time.time() - 100
 
 
+def test_folders_made_for_the_lock_go_when_nothing_was_written(tmp_path):
+    with OutputLock(tmp_path / "a" / "b"):
+        pass
+    assert not (tmp_path / "a").exists()  # an input error after the lock leaves no empty --output-dir
+    with OutputLock(tmp_path / "a" / "b"):
+        (tmp_path / "a" / "b" / "metrics.jsonl").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["metrics.jsonl"]
+
+
 def test_release_leaves_someone_elses_lock(tmp_path):
     lock = OutputLock(tmp_path)
     lock.acquire()
@@ -92,7 +101,7 @@ def test_cli_into_a_busy_folder_exits_2_naming_the_holder(tmp_path, capsys, extr
     assert code == 2
     assert err[-1].startswith(f"prac-train: error: --output-dir {out} is in use by another prac-train run "
                               f"(pid {os.getpid()} on {socket.gethostname()}")
-    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, the lock gone with its holder
+    assert not out.exists()  # the second run wrote nothing; the holder made the folder and removed it
 
 
 @pytest.mark.slow
