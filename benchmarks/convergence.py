@@ -150,8 +150,7 @@ def evaluate(model, val: torch.Tensor, batch: int = 64) -> float:
 
 def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Optional[Path] = None) -> Dict:
     """One run; returns its validation curve, final validation loss and wall time."""
-    from prac_dist.train.backend import OptimizerSpec
-    from prac_dist.train.local import build_adamw, warmup_cosine
+    from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
     train, val = corpus(setup.vocab, setup.seq_len)
     val = val[: setup.eval_sequences]

@@ -4,7 +4,8 @@
     engine, optimizer, _, scheduler = prac_dist.deepspeed.initialize(model=model, config="ds.json")
 
 Hugging Face Trainer and Accelerate: prac_dist.integrations (PRACTrainerCallback, prepare_accelerate).
-prac-train: `prac-train --deepspeed configs/ds/zero2.json` (DeepSpeedBackend).
+prac-train: `prac-train --deepspeed configs/ds/zero2.json` (prac_dist.train.backends.deepspeed,
+which wraps this package; nothing here imports prac_dist.train).
 
 `deepspeed` itself is imported only when an engine is built, so reading and
 validating a config works without it.

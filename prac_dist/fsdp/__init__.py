@@ -6,8 +6,8 @@
     model = parallelize(model, PRACConfig(), mesh)        # PRAC -> [checkpointing] -> fully_shard
     save_checkpoint(path, model, optimizer) / load_checkpoint(path, model, optimizer)
 
-`prac_dist.fsdp.backend.FSDPBackend` is the engine behind `prac-train --fsdp`; it is not
-imported here so that this package does not pull in the training loop.
+`prac_dist.train.backends.fsdp.FSDPBackend` is the engine behind `prac-train --fsdp`; it wraps this
+package, which never imports prac_dist.train (the trainer sits above the engines).
 """
 
 from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint

@@ -1,11 +1,14 @@
 """prac-train: the training entry point (CLI, config, models, data, loop, report).
 
-The engines live elsewhere: prac_dist.train.local (one process), prac_dist.deepspeed.backend,
-prac_dist.fsdp.backend; they all implement prac_dist.train.backend.TrainBackend.
+The engine adapters live in prac_dist.train.backends (local: one process, deepspeed, fsdp); they
+all implement prac_dist.train.backends.TrainBackend and share prac_dist.train.optim's AdamW and
+warmup-cosine schedule. The engine integrations they wrap (prac_dist.deepspeed, prac_dist.fsdp)
+never import this package.
 """
 
-from prac_dist.train.backend import OptimizerSpec, TrainBackend
+from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError, TrainConfig, load_config
+from prac_dist.train.optim import OptimizerSpec
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "TrainBackend", "OptimizerSpec", "train", "main"]
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from prac_dist.train.backend import TrainBackend
+from prac_dist.train.backends import TrainBackend
 
 __all__ = ["latest_checkpoint", "list_checkpoints", "save_checkpoint", "load_checkpoint", "rng_state",
            "set_rng_state", "remove_stale_tmp"]

@@ -126,7 +126,7 @@ def make_backend_factory(cfg: TrainConfig):
                   file=sys.stderr)
         if b.kind == "local":
             from prac_dist.train.loop import env_rank_world
-            from prac_dist.train.local import LocalBackend
+            from prac_dist.train.backends.local import LocalBackend
 
             _, world = env_rank_world()
             if world > 1:
@@ -135,13 +135,13 @@ def make_backend_factory(cfg: TrainConfig):
             return LocalBackend(device=t.device, precision=t.precision)
         if b.kind == "deepspeed":
             try:
-                from prac_dist.deepspeed.backend import DeepSpeedBackend
+                from prac_dist.train.backends.deepspeed import DeepSpeedBackend
             except ImportError as exc:
                 raise ConfigError(f"--deepspeed: the DeepSpeed engine is unavailable ({exc}); "
                                   f"pip install 'prac_dist[deepspeed]'") from None
             return DeepSpeedBackend(b.deepspeed_config, micro_batch_size=t.micro_batch_size)
         try:
-            from prac_dist.fsdp.backend import FSDPBackend
+            from prac_dist.train.backends.fsdp import FSDPBackend
         except ImportError as exc:
             raise ConfigError(f"--fsdp: the FSDP2 engine is unavailable ({exc})") from None
         return FSDPBackend(mixed_precision=b.fsdp_mixed_precision, cpu_offload=b.fsdp_cpu_offload)

@@ -1,4 +1,4 @@
-"""The prac-train loop: one loop for every engine (see prac_dist.train.backend).
+"""The prac-train loop: one loop for every engine (see prac_dist.train.backends).
 
 Output directory of a run:
     config.yaml        the resolved settings
@@ -23,7 +23,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from prac_dist.train import checkpoint as ckpt
-from prac_dist.train.backend import OptimizerSpec, TrainBackend
+from prac_dist.train.backends import TrainBackend
+from prac_dist.train.optim import OptimizerSpec
 from prac_dist.train.config import ConfigError, TrainConfig, dump_config
 from prac_dist.train.data import build_data, check_sources, load_tokenizer
 from prac_dist.train.models import build_model, check_vocab

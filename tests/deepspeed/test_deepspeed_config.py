@@ -135,7 +135,7 @@ def test_prepare_model_refuses_double_patching(make_llama):
 
 
 def _backend(ds: dict, **kw):
-    from prac_dist.deepspeed.backend import DeepSpeedBackend
+    from prac_dist.train.backends.deepspeed import DeepSpeedBackend
 
     backend = DeepSpeedBackend(ds, **kw)
     backend.world_size, backend.device = 2, torch.device("cpu")
@@ -143,7 +143,7 @@ def _backend(ds: dict, **kw):
 
 
 def _spec(grad_accum=2, grad_clip=1.0):
-    from prac_dist.train.backend import OptimizerSpec
+    from prac_dist.train.optim import OptimizerSpec
 
     return OptimizerSpec(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, grad_clip=grad_clip,
                          warmup_steps=0, max_steps=10, min_lr_ratio=0.1, grad_accum=grad_accum)

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from prac_dist import PRACConfig
-from prac_dist.fsdp.backend import FSDPBackend
-from prac_dist.train.backend import OptimizerSpec
+from prac_dist.train.backends.fsdp import FSDPBackend
+from prac_dist.train.optim import OptimizerSpec
 
 VOCAB, SEQ, GLOBAL_BATCH = 512, 32, 8
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def opt_spec(steps: int, lr: float = 3e-3, grad_clip: float = 0.0) -> OptimizerS
 
 def baseline_single(steps: int) -> list:
     """Single-process training without PRAC and without FSDP: the reference."""
-    from prac_dist.train.local import build_adamw
+    from prac_dist.train.optim import build_adamw
 
     model = tiny_llama()
     optim = build_adamw(model, opt_spec(steps))

@@ -81,7 +81,7 @@ def test_parallelize_rejects_bad_arguments():
 
 
 def test_backend_rejects_unknown_precision():
-    from prac_dist.fsdp.backend import FSDPBackend
+    from prac_dist.train.backends.fsdp import FSDPBackend
 
     with pytest.raises(ValueError, match="mixed_precision='fp16'.*accepted"):
         FSDPBackend(mixed_precision="fp16")

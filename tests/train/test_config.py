@@ -9,7 +9,7 @@ from pathlib import Path
 from prac_dist import PRACConfig
 from prac_dist.train.cli import main
 from prac_dist.train.config import ConfigError, load_config, parse_override
-from prac_dist.train.local import warmup_cosine
+from prac_dist.train.optim import warmup_cosine
 
 from _train_util import run_cli, tiny_config
 

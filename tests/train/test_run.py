@@ -14,7 +14,7 @@ from _train_util import run_cli, tiny_config
 # temporary folder of the step-6 checkpoint, i.e. mid-checkpoint and after steps 1..6 ran: the worst moment.
 _KILL_AT_STEP_6 = """
 import os, signal, sys
-from prac_dist.train import local
+from prac_dist.train.backends import local
 from prac_dist.train.cli import main
 save = local.LocalBackend.save
 def save_then_die(self, path, extra):

@@ -16,8 +16,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
 from prac_dist.fsdp.env import init_distributed
 from prac_dist.fsdp.parallelize import parallelize
-from prac_dist.train.backend import OptimizerSpec, TrainBackend
-from prac_dist.train.local import build_adamw, warmup_cosine
+from prac_dist.train.backends import TrainBackend
+from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
 __all__ = ["FSDPBackend", "MIXED_PRECISION"]
 

@@ -1,9 +1,11 @@
 """The seam between the training loop and the engine that runs it.
 
 `prac-train` has one loop (prac_dist.train.loop); the engine underneath is a
-TrainBackend: a single process (prac_dist.train.local), DeepSpeed
-(prac_dist.deepspeed.backend) or FSDP2 (prac_dist.fsdp.backend). The loop
-never touches the engine directly, so each integration lives in its own folder.
+TrainBackend: a single process (backends.local), DeepSpeed (backends.deepspeed)
+or FSDP2 (backends.fsdp). The adapters live here, beside the trainer they serve:
+prac_dist.deepspeed and prac_dist.fsdp hold the engine integrations and never
+import prac_dist.train (tests/test_layering.py checks it). Each adapter module is
+imported only when its engine is selected.
 """
 
 from __future__ import annotations
@@ -15,24 +17,9 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-__all__ = ["TrainBackend", "OptimizerSpec"]
+from prac_dist.train.optim import OptimizerSpec
 
-
-class OptimizerSpec:
-    """What the loop wants from the optimizer; each backend builds it its own way."""
-
-    def __init__(self, lr: float, weight_decay: float, betas: tuple, eps: float,
-                 grad_clip: float, warmup_steps: int, max_steps: int, min_lr_ratio: float,
-                 grad_accum: int):
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = betas
-        self.eps = eps
-        self.grad_clip = grad_clip
-        self.warmup_steps = warmup_steps
-        self.max_steps = max_steps
-        self.min_lr_ratio = min_lr_ratio
-        self.grad_accum = grad_accum
+__all__ = ["TrainBackend"]
 
 
 class TrainBackend(abc.ABC):

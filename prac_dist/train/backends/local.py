@@ -9,39 +9,17 @@ autocast on GPU and float32 on CPU. PRAC's subspace schedule advances through
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
-from prac_dist.train.backend import OptimizerSpec, TrainBackend
+from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError
+from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
-__all__ = ["LocalBackend", "build_adamw", "warmup_cosine"]
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier at optimizer step `step` (0-based): linear warmup, then cosine down to min_ratio."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_adamw(model: nn.Module, opt: OptimizerSpec, fused: Optional[bool] = None) -> torch.optim.AdamW:
-    """Weight decay on matrices only: norms, biases and 1-D parameters are not decayed (as GaLore/ReLoRA)."""
-    decay, no_decay = [], []
-    seen = set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:  # tied embeddings appear once
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": opt.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused)
+__all__ = ["LocalBackend"]
 
 
 class LocalBackend(TrainBackend):

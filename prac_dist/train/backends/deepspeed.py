@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from prac_dist.deepspeed.config import PRACSection, load_ds_config, parse_prac_section
-from prac_dist.train.backend import OptimizerSpec, TrainBackend
+from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError
+from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
 __all__ = ["DeepSpeedBackend"]
 
@@ -60,7 +61,6 @@ class DeepSpeedBackend(TrainBackend):
         from deepspeed.accelerator import get_accelerator
 
         from prac_dist.deepspeed.engine import initialize
-        from prac_dist.train.local import build_adamw, warmup_cosine
 
         self._owns_process_group = not (dist.is_available() and dist.is_initialized())
         accel = get_accelerator()

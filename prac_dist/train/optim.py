@@ -1,0 +1,55 @@
+"""The optimizer and LR schedule every prac-train engine shares, so runs compare step for step.
+
+AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay to
+min_lr_ratio * lr. The local and FSDP2 backends build exactly these; DeepSpeed builds them
+too unless its JSON has an "optimizer" section.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["OptimizerSpec", "build_adamw", "warmup_cosine"]
+
+
+class OptimizerSpec:
+    """What the loop wants from the optimizer; each backend builds it its own way."""
+
+    def __init__(self, lr: float, weight_decay: float, betas: tuple, eps: float,
+                 grad_clip: float, warmup_steps: int, max_steps: int, min_lr_ratio: float,
+                 grad_accum: int):
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = betas
+        self.eps = eps
+        self.grad_clip = grad_clip
+        self.warmup_steps = warmup_steps
+        self.max_steps = max_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.grad_accum = grad_accum
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier at optimizer step `step` (0-based): linear warmup, then cosine down to min_ratio."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_adamw(model: nn.Module, opt: OptimizerSpec, fused: Optional[bool] = None) -> torch.optim.AdamW:
+    """Weight decay on matrices only: norms, biases and 1-D parameters are not decayed (as GaLore/ReLoRA)."""
+    decay, no_decay = [], []
+    seen = set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:  # tied embeddings appear once
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": opt.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused)
