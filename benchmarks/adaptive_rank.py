@@ -52,7 +52,8 @@ def stored_bytes(policy: str) -> int:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                                          num_attention_heads=4, num_key_value_heads=4, vocab_size=50257))
-    apply_prac(model, PRACConfig(adaptive_rank=policy))
+    apply_prac(model, PRACConfig(adaptive_rank=policy, storage_bits=16, linear_storage="project",
+                                 nonlinear_storage="project"))
     tok = load_tokenizer("bundled:gpt2")
     text = resolve_path("bundled:wikitext-2/valid.txt").read_text()[:200_000]
     x = torch.tensor(tok(text)["input_ids"][: 8 * 128]).view(8, 128)

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     env, device = init_distributed()
     mesh = init_device_mesh("cuda", (env.world_size,))
     rows = [run_one("baseline", None, args, mesh, device),
-            run_one("prac (paper defaults)", PRACConfig(), args, mesh, device)]
+            run_one("prac (paper)", PRACConfig.paper(), args, mesh, device)]
     if env.rank == 0:
         result = {"config": vars(args) | {"out": str(args.out)}, "world_size": env.world_size, "rows": rows}
         print(f"{'run':<24} {'status':>6} {'peak GiB':>9} {'tokens/s':>10} {'s/step':>7}")

@@ -76,7 +76,7 @@ def _prac(seed: int, per_rank_random: bool):
     from prac_dist import PRACConfig
 
     return PRACConfig(principal_ratio=0.3, random_ratio=0.3, compress_nonlinear=False, seed=seed,
-                      per_rank_random=per_rank_random)
+                      per_rank_random=per_rank_random, linear_storage="project", storage_bits=16)
 
 
 def measure(reps: int, cases: Iterable[str] = CASES, hidden: int = 64, layers: int = 2, vocab: int = 512,

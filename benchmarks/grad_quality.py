@@ -50,10 +50,13 @@ import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
 from prac_dist.patching.modules import PRACLinear  # noqa: E402
 
-# name -> (principal_ratio, random_ratio, adaptive_rank)
+# name -> (principal_ratio, random_ratio, adaptive_rank). All project every linear input at 16 bits ("prac" is
+# then PRACConfig.paper()'s linear estimator), except "defaults": PRACConfig() as shipped (linear_storage='auto':
+# q/k/v and gate/up projected with 8-bit Z, down_proj's input itself in int8).
 ESTIMATORS = {"prac": (0.3, 0.3, "off"), "random_only": (0.0, 0.6, "off"), "principal_only": (0.6, 0.0, "off"),
               "prac_min_variance": (0.3, 0.3, "min_variance"), "prac_energy": (0.3, 0.3, "energy"),
-              "prac_global": (0.3, 0.3, "global")}
+              "prac_global": (0.3, 0.3, "global"), "defaults": (0.3, 0.3, "off")}
+PROJECTED_16BIT = dict(linear_storage="project", storage_bits=16)
 
 
 def _grads(model, ids: torch.Tensor, names: List[str]) -> Dict[str, torch.Tensor]:
@@ -63,10 +66,12 @@ def _grads(model, ids: torch.Tensor, names: List[str]) -> Dict[str, torch.Tensor
     return {n: params[n].grad.detach().double().clone() for n in names}
 
 
-def measure(model, ids: torch.Tensor, ratios, draws: int, seed: int, exact: Dict[str, torch.Tensor]) -> Dict:
+def measure(model, ids: torch.Tensor, ratios, draws: int, seed: int, exact: Dict[str, torch.Tensor],
+            storage: Optional[Dict] = None) -> Dict:
     """Apply PRAC with `ratios`, draw `draws` gradients (Q1 fixed, Q2 redrawn each time), remove PRAC."""
     cfg = PRACConfig(principal_ratio=ratios[0], random_ratio=ratios[1], adaptive_rank=ratios[2],
-                     compress_nonlinear=False, fused_loss=False, seed=seed)
+                     compress_nonlinear=False, fused_loss=False, seed=seed,
+                     **(PROJECTED_16BIT if storage is None else storage))
     prac_dist.apply_prac(model, cfg)
     try:
         layers = {name + ".weight": m for name, m in model.named_modules() if isinstance(m, PRACLinear)}
@@ -75,7 +80,8 @@ def measure(model, ids: torch.Tensor, ratios, draws: int, seed: int, exact: Dict
         if ratios[2] == "global":  # one refresh to measure the spectra, step() moves the budgets
             _grads(model, ids, names)
             prac_dist.step(model)
-        random = ratios[1] > 0
+        # Stochastic rounding (int8 X, 8-bit Z) is random too.
+        random = ratios[1] > 0 or any(not c.projects or c.storage_bits == 8 for c in comps)
         k = draws if random else 2  # principal-only is deterministic: two passes check that it is
         total = {n: torch.zeros_like(exact[n]) for n in names}
         total_sq = {n: 0.0 for n in names}
@@ -105,7 +111,8 @@ def measure(model, ids: torch.Tensor, ratios, draws: int, seed: int, exact: Dict
             out[n] = {"n": c.n, "r1": c.r1, "r2": c.r2, "draws": k, "grad_norm2": norm2,
                       "variance": var,
                       "rel_variance": var / norm2, "mse": mse[n] / k, "rel_mse": mse[n] / k / norm2,
-                      "bias": bias, "rel_bias": bias / norm2 ** 0.5, "principal_energy": c.energy}
+                      "bias": bias, "rel_bias": bias / norm2 ** 0.5,
+                      "principal_energy": None if c.energy is None else float(c.energy), "storage": c.storage}
         return out
     finally:
         prac_dist.remove_prac(model)
@@ -198,7 +205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             names = sorted(n + ".weight" for n, m in probe.named_modules() if isinstance(m, PRACLinear))
             prac_dist.remove_prac(model)
             exact = _grads(model, ids, names)
-        per[est] = measure(model, ids, ratios, args.draws, args.seed, exact)
+        storage = {} if est == "defaults" else None  # {}: PRACConfig's own storage defaults
+        per[est] = measure(model, ids, ratios, args.draws, args.seed, exact, storage=storage)
     summary = summarize(per)
     print_table(per, summary)
     result = {"benchmark": "grad_quality", "setup": asdict(setup), "model": trained, "batch_sequences": args.batch,

@@ -25,10 +25,13 @@ from _bench_env import write_result  # noqa: E402
 VOCAB, SEQ, BATCH = 2048, 64, 16
 SETTINGS = {
     "baseline": None,
-    "paper_T500_all_layers": PRACConfig(fused_loss=False, nonlinear_principal_update_interval=500,
-                                        nonlinear_principal_solver="exact"),
-    "prac_dist_default": PRACConfig(fused_loss=False),
-    "linear_only_T500": PRACConfig(fused_loss=False, compress_nonlinear=False),
+    # Projected storage everywhere (what this study compares): PRACConfig.paper(), and the projected nonlinear
+    # setting with Q1 refreshed every step (the default before nonlinear_storage='int8').
+    "paper_T500_all_layers": PRACConfig.paper(fused_loss=False),
+    "prac_dist_default": PRACConfig(fused_loss=False, storage_bits=16, linear_storage="project",
+                                    nonlinear_storage="project"),
+    "linear_only_T500": PRACConfig(fused_loss=False, compress_nonlinear=False, storage_bits=16,
+                                   linear_storage="project"),
 }
 
 

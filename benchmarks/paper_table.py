@@ -5,7 +5,7 @@ micro-batch 128, random tokens, bf16 weights and AdamW states (the paper's and G
 "pure bf16" training), one process. Settings, each in a freshly built model:
 
     baseline     no PRAC
-    prac_paper   the paper's method: PRACConfig(fused_loss=False) (0.3/0.3 linear, 0.2/0.2 nonlinear)
+    prac_paper   the paper's method: PRACConfig.paper(fused_loss=False) (0.3/0.3 linear, 0.2/0.2 nonlinear)
     prac_full    everything prac_dist adds: fused linear + cross-entropy head, 8-bit storage of Z,
                  randomized principal solver, Triton kernels where available (kernel="auto")
 
@@ -43,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "paper_table.json"
 MODELS = ("llama_130m", "llama_350m", "llama_1b")
 SETTINGS: Dict[str, Optional[Callable[[], PRACConfig]]] = {
     "baseline": None,
-    "prac_paper": lambda: PRACConfig(fused_loss=False),
+    "prac_paper": lambda: PRACConfig.paper(fused_loss=False),
     "prac_full": lambda: PRACConfig(fused_loss=True, storage_bits=8, principal_solver="randomized", kernel="auto"),
 }
 # The goals for LLaMA-130M at micro-batch 128 x 256 (paper: PRAC 15.65 GB, baseline 21.26 GB).

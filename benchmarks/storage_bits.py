@@ -48,7 +48,7 @@ def stored_bytes(hidden, layers, seq, batch):
     out = {}
     for bits in (16, 8):
         model = _model(hidden, layers, torch.bfloat16)
-        apply_prac(model, PRACConfig(storage_bits=bits, fused_loss=False))
+        apply_prac(model, PRACConfig.paper(storage_bits=bits, fused_loss=False))
         run = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
         seen, z = set(), 0
 
@@ -69,7 +69,7 @@ def stored_bytes(hidden, layers, seq, batch):
 def train(bits, hidden, layers, steps, seq, batch, train_ids, val_ids, eval_every):
     model = _model(hidden, layers)
     apply_prac(model, PRACConfig(storage_bits=bits, fused_loss=False, principal_update_interval=50,
-                                 random_update_interval=50))
+                                 random_update_interval=50, linear_storage="project", nonlinear_storage="project"))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     hook_optimizer(opt, model)
     torch.manual_seed(0)

@@ -51,8 +51,8 @@ def test_global_moves_budgets_keeps_total_and_bytes(make_llama):
     x = torch.randint(0, 128, (4, 64), generator=torch.Generator().manual_seed(0))
     fixed = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False,
                                                            linear_storage="project"))
-    moved = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False, linear_storage="project",
-                                                       adaptive_rank="global"))
+    moved = apply_prac(make_llama(ffn=176), PRACConfig(compress_nonlinear=False, fused_loss=False,
+                                                       linear_storage="project", adaptive_rank="global"))
     _run(fixed, x, 2)
     _run(moved, x, 2)  # step 1 measures the spectra and reallocates, step 2 refreshes the moved bases
     before = {k: c.budget for k, c in fixed._prac_state.compressors.items()}

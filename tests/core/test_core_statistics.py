@@ -100,8 +100,8 @@ def test_adaptive_rank_keeps_bytes_and_lowers_the_variance_bound(make_llama):
     assert best == min(range(4), key=bound) == 2
     assert choose_r1(lam, budget=4, policy="energy", energy=0.9) == 2  # 150/158 >= 0.9
     assert choose_r1(lam, budget=4, policy="energy", energy=0.999) == 3  # capped: r2 >= 1
-    model = apply_prac(make_llama(), PRACConfig(adaptive_rank="min_variance", fused_loss=False, linear_storage="project",
-                                                nonlinear_storage="project"))
+    model = apply_prac(make_llama(), PRACConfig(adaptive_rank="min_variance", fused_loss=False,
+                                                linear_storage="project", nonlinear_storage="project"))
     x = torch.randint(0, 128, (4, 64))
     model(input_ids=x, labels=x).loss.backward()
     for comp in model._prac_state.compressors.values():
