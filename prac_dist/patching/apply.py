@@ -217,12 +217,12 @@ def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targe
 
 def _swap_group(model: nn.Module, name: str, members, cfg: PRACConfig, state: PRACState) -> None:
     """PRACLinears sharing one compressor for linears (full names) that read one tensor."""
-    first = model.get_submodule(members[0])
-    comp = state.compressors[name] = _new_compressor(cfg, name, linear_shape(first, is_conv1d(first))[0],
-                                                     nonlinear=False)
-    for member in members:
+    modules = [model.get_submodule(m) for m in members]
+    shapes = [linear_shape(m, is_conv1d(m)) for m in modules]  # (in, out): m = the group's total out width
+    comp = state.compressors[name] = _new_compressor(cfg, name, shapes[0][0], nonlinear=False,
+                                                     m=sum(out for _, out in shapes))
+    for member, module in zip(members, modules):
         parent_name, _, attr = member.rpartition(".")
-        module = model.get_submodule(member)
         _swap(state, model.get_submodule(parent_name), attr, PRACLinear(module, comp, transposed=is_conv1d(module)))
 
 

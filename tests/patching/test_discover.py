@@ -212,3 +212,16 @@ def test_norms_sharing_one_input_keep_it_exact():
     state = get_prac_state(model)
     assert not any("layernorm" in name for name in state.compressors)
     assert "gpt_neox.final_layer_norm" in state.compressors  # its input is its own
+
+
+def test_discovered_groups_get_the_registry_storage_policy():
+    """The storage policy weighs a group's total output width: discovered groups must pass it as the registry
+    path does, so OLMo2 (LLaMA's linears) stores each group as LLaMA does."""
+    def storage(family):
+        model = build(family)
+        _quiet(apply_prac, model, PRACConfig())
+        return {name.split(".", 3)[-1]: comp.storage for name, comp in get_prac_state(model).compressors.items()
+                if name.startswith("model.layers.0.") and ("proj" in name)}
+
+    llama = storage("llama")
+    assert storage("olmo2") == llama and set(llama.values()) == {"project", "int8"}
