@@ -24,6 +24,8 @@ __all__ = ["measure_saved_bytes", "SavedBytesReport"]
 class SavedBytesReport:
     total_bytes: int = 0
     by_module_type: Dict[str, int] = field(default_factory=dict)
+    by_module_name: Dict[str, int] = field(default_factory=dict)
+    """The same bytes by the qualified name of the innermost running module ('' for the root)."""
     tensors: int = 0
     output: Any = None
 
@@ -68,6 +70,8 @@ def measure_saved_bytes(run: Callable[[], Any], model: nn.Module,
     seen: set = set()
     report = SavedBytesReport()
     by_type: Dict[str, int] = defaultdict(int)
+    by_name: Dict[str, int] = defaultdict(int)
+    names = {id(m): name for name, m in model.named_modules()}
 
     def pre(module, _args):
         stack.append(module)
@@ -91,6 +95,7 @@ def measure_saved_bytes(run: Callable[[], Any], model: nn.Module,
         seen.add(key)
         owner = type(stack[-1]).__name__ if stack else "(outside modules)"
         by_type[owner] += nbytes
+        by_name[names.get(id(stack[-1]), "(unnamed)") if stack else "(outside modules)"] += nbytes
         report.total_bytes += nbytes
         report.tensors += 1
         return t
@@ -106,4 +111,5 @@ def measure_saved_bytes(run: Callable[[], Any], model: nn.Module,
         for h in handles:
             h.remove()
     report.by_module_type = dict(by_type)
+    report.by_module_name = dict(by_name)
     return report
