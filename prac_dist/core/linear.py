@@ -71,15 +71,20 @@ class PRACLinearFunction(torch.autograd.Function):
 
 
 def prac_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], comp: Compressor,
-                transposed: bool = False) -> torch.Tensor:
-    """Y = X Wᵀ + b (or X W + b for a transposed, GPT-2 Conv1D weight) with PRAC's saved Z."""
+                transposed: bool = False, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Y = X Wᵀ + b (or X W + b for a transposed, GPT-2 Conv1D weight) with PRAC's saved Z.
+
+    dtype: compute in this dtype instead of x's (outside autocast). A float32 LoRA matrix reading a
+    bf16 X passes its own dtype, so the cast happens here and q/k/v still share one Z of one X.
+    """
     if not torch.is_grad_enabled() or not weight.requires_grad:
         # Eval, or a frozen weight: dW is not needed, so nothing to compress.
         if transposed:
             y = x @ weight
             return y + bias if bias is not None else y
         return F.linear(x, weight, bias)
-    dtype = compute_dtype(x)
+    if dtype is None or torch.is_autocast_enabled(x.device.type):
+        dtype = compute_dtype(x)
     x2d = x.detach().reshape(-1, x.shape[-1]).to(dtype)
     comp.refresh(x2d)
     packed = comp.compress_shared(x, x2d)

@@ -38,11 +38,21 @@ class LoRAInputForward:
         self.module, self.comp = module, comp
 
     def __call__(self, x):
-        return prac_linear(x, self.module.weight, self.module.bias, self.comp)
+        # In A's dtype, as PEFT's own input cast would (float32 adapters on a bf16 model): see _adopt.
+        weight = self.module.weight
+        return prac_linear(x, weight, self.module.bias, self.comp, dtype=weight.dtype)
 
     def remove(self) -> None:
         if self.module.__dict__.get("forward") is self:
             del self.module.__dict__["forward"]
+
+
+class _CastBack:
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def remove(self) -> None:
+        self.layer.cast_input_dtype_enabled = True
 
 
 def compress_lora_inputs(swaps, handles: List, warned: set) -> None:
@@ -69,10 +79,17 @@ def _adopt(layer: nn.Module, prac: PRACLinear, handles: List, warned: set) -> No
         # PEFT saw an nn.Linear, but the weight is GPT-2's Conv1D (in, out): merges must transpose.
         layer.fan_in_fan_out = True
     variants = getattr(layer, "lora_variant", {})
+    plain = {a: m for a, m in lora_a.items() if a not in variants and type(m) is nn.Linear}
+    if len(plain) == len(lora_a) and getattr(layer, "cast_input_dtype_enabled", False):
+        # PEFT casts X to A's dtype before A (float32 adapters on a bf16 model: one float32 copy of X per
+        # layer, so q/k/v would each store their own). Let X through uncast: prac_linear casts inside,
+        # after the shared Z is taken from the one X.
+        layer.cast_input_dtype_enabled = False
+        handles.append(_CastBack(layer))
     for adapter, module in lora_a.items():
         if isinstance(module.__dict__.get("forward"), LoRAInputForward):
             continue
-        if adapter in variants or type(module) is not nn.Linear:
+        if adapter not in plain:
             key = f"{prac.prac_compressor.name}:{adapter}"
             if key not in warned:
                 warned.add(key)
