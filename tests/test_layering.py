@@ -18,9 +18,10 @@ LAYER = {
     "ops": 4, "loss": 4,
     "patching": 5, "planner": 5,
     "prac_dist": 6,
-    "deepspeed": 7, "fsdp": 7,
-    "integrations": 8,
-    "train": 9,
+    "checkpoint": 7,
+    "deepspeed": 8, "fsdp": 8,
+    "integrations": 9,
+    "train": 10,
 }
 
 

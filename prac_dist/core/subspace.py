@@ -24,7 +24,6 @@ limit (1e38) do not overflow it.
 from __future__ import annotations
 
 import hashlib
-import os
 import weakref
 from typing import Dict, Optional, Tuple
 
@@ -34,16 +33,6 @@ __all__ = ["Compressor"]
 
 # Z tensors carry this attribute so offload hooks can move them and nothing else.
 COMPRESSED_ATTR = "_prac_compressed"
-
-
-def data_parallel_rank() -> int:
-    """The rank whose data this process sees (read lazily: apply_prac may run before init)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    for var in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 def _seed(*parts) -> int:
@@ -200,6 +189,9 @@ class Compressor:
         self.budget, self.adaptive, self.adaptive_energy = r1 + r2, adaptive, adaptive_energy
         self.t1, self.t2 = t1, t2
         self.seed, self.per_rank_random = seed, per_rank_random
+        # The data-parallel rank seeding Q2 and the int8 roundings: apply_prac sets it from
+        # prac_dist.distributed; a Compressor built by hand asks there at first use.
+        self.dp_rank: Optional[int] = None
         self.storage_bits, self.solver, self.kernel = storage_bits, solver, kernel
         self.q1: Optional[torch.Tensor] = None
         self.q2: Optional[torch.Tensor] = None
@@ -257,7 +249,7 @@ class Compressor:
             self.principal_due = False
             self.random_due = True  # Q2 must live in the complement of the new Q1
         if self.random_due:
-            rank = data_parallel_rank() if self.per_rank_random else 0
+            rank = self.data_rank() if self.per_rank_random else 0
             seed = _seed(self.seed, self.name, rank, self.draws)
             q1 = self.q1.to(x2d.device)
             self.q2 = random_complement_basis(q1, self.n, self.r2, seed) if self.r2 else q1.new_zeros(self.n, 0)
@@ -306,7 +298,15 @@ class Compressor:
     def next_seed(self) -> int:
         """Seed of the next int8 stochastic rounding: (seed, group, rank, count), a host-side hash."""
         self.roundings += 1
-        return _seed(self.seed, self.name, "round", data_parallel_rank(), self.roundings) & ((1 << 62) - 1)
+        return _seed(self.seed, self.name, "round", self.data_rank(), self.roundings) & ((1 << 62) - 1)
+
+    def data_rank(self) -> int:
+        """The rank whose data this compressor sees (fixed at apply_prac, or at first use)."""
+        if self.dp_rank is None:
+            from prac_dist.distributed import rank_world
+
+            self.dp_rank = rank_world()[0]
+        return self.dp_rank
 
     @torch.no_grad()
     def compress(self, x2d: torch.Tensor) -> tuple:

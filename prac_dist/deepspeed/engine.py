@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from prac_dist.deepspeed.checkpoint import load_prac_state, save_prac_state
+from prac_dist.checkpoint import load_prac_state, save_prac_state
 from prac_dist.deepspeed.config import PRACSection, parse_prac_section
 from prac_dist.deepspeed.offload import CompressedActivationOffload
 

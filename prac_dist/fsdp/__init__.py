@@ -11,7 +11,8 @@ package, which never imports prac_dist.train (the trainer sits above the engines
 """
 
 from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
-from prac_dist.fsdp.env import DistEnv, discover_env, init_distributed
+from prac_dist.distributed import DistEnv, discover_env
+from prac_dist.fsdp.env import init_distributed
 from prac_dist.fsdp.parallelize import find_decoder_layers, parallelize
 
 __all__ = [

@@ -4,8 +4,10 @@ Layout of a checkpoint directory:
 
     model_optim/            torch.distributed.checkpoint (DCP): sharded model + optimizer state;
                             each rank writes its own shards, any world size can read them back
-    rank{r}.pt              per-rank state that differs between ranks: PRAC (Q1 is computed from
-                            each rank's own batch, Q2 is drawn per rank) and the torch RNG state
+    prac_rank<RRRRR>.pt     per-rank PRAC state (Q1 is computed from each rank's own batch, Q2 is
+                            drawn per rank): prac_dist.checkpoint's format, the one DeepSpeed,
+                            the HF Trainer and Accelerate write too; another world size is refused
+    rng_rank<RRRRR>.pt      per-rank torch (and CUDA) RNG state
     trainer.pt              rank 0: scheduler state, world size, the caller's `extra`; written last,
                             so its presence marks a complete checkpoint
 """
@@ -26,6 +28,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from prac_dist.checkpoint import CheckpointError, load_prac_state, read_file, save_prac_state
+from prac_dist.distributed import rank_world
+
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
 _FORMAT = 1
@@ -34,20 +39,23 @@ _FORMAT = 1
 def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
                     scheduler: Optional[Any] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Every rank calls this with the same `path` (a shared file system across nodes)."""
+    from prac_dist import is_prac_model
+
     path = Path(path)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if rank == 0:
         path.mkdir(parents=True, exist_ok=True)
         (path / "trainer.pt").unlink(missing_ok=True)  # an overwritten checkpoint is incomplete until the end
     _barrier()
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     dcp.save(state, checkpoint_id=str(path / "model_optim"))
-    prac = _prac_state(model)
-    torch.save({"format": _FORMAT, "world_size": world, "prac": prac,
-                "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng()}, path / f"rank{rank}.pt")
+    has_prac = is_prac_model(model)
+    if has_prac:
+        save_prac_state(model, path)
+    torch.save({"format": _FORMAT, "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng()}, _rng_file(path, rank))
     _barrier()
     if rank == 0:
-        torch.save({"format": _FORMAT, "world_size": world, "has_prac": prac is not None,
+        torch.save({"format": _FORMAT, "world_size": world, "has_prac": has_prac,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "extra": dict(extra or {})}, path / "trainer.pt")
     _barrier()
@@ -59,28 +67,41 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
     """Restore what save_checkpoint wrote into an identically built model/optimizer; returns `extra`.
 
     Model and optimizer reshard to any world size; the per-rank PRAC state needs the world size
-    it was saved with (rank r's principal subspaces came from rank r's data).
+    it was saved with (rank r's principal subspaces came from rank r's data). Anything unreadable,
+    missing or mismatched is a CheckpointError naming the path.
     """
+    from prac_dist import is_prac_model
+
     path = Path(path)
-    rank, world = _rank_world()
-    trainer_file, rank_file = path / "trainer.pt", path / f"rank{rank}.pt"
+    rank, world = rank_world()
+    trainer_file = path / "trainer.pt"
     if not trainer_file.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} is incomplete or missing: no trainer.pt "
-                         f"(save_checkpoint writes it last)")
-    trainer = torch.load(trainer_file, map_location="cpu", weights_only=False)
+        raise CheckpointError(f"checkpoint {path} is incomplete or missing: no trainer.pt "
+                              f"(save_checkpoint writes it last)")
+    trainer = read_file(trainer_file, weights_only=False)
+    if trainer["has_prac"] != is_prac_model(model):
+        saved = "has" if trainer["has_prac"] else "has no"
+        now = "is" if is_prac_model(model) else "is not"
+        raise CheckpointError(f"checkpoint {path} {saved} PRAC state but the model {now} PRAC-patched: "
+                              f"build the model the way the checkpointed run did")
     if trainer["has_prac"] and trainer["world_size"] != world:
-        raise ValueError(f"checkpoint {str(path)!r} holds PRAC state of {trainer['world_size']} ranks but this job "
-                         f"has world_size={world}: resume PRAC runs with the same number of ranks")
+        raise CheckpointError(f"checkpoint {path}: PRAC state was saved by {trainer['world_size']} ranks but this "
+                              f"job has world size {world}: resume PRAC runs with the same number of ranks")
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=str(path / "model_optim"))
+    try:
+        dcp.load(state, checkpoint_id=str(path / "model_optim"))
+    except Exception as exc:  # DCP wraps per-rank failures in CheckpointException: name the folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path / 'model_optim'}: unreadable ({type(exc).__name__}: {first[:160]})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     if scheduler is not None and trainer["scheduler"] is not None:
         scheduler.load_state_dict(trainer["scheduler"])
+    if trainer["has_prac"]:
+        load_prac_state(model, path)
     # Without PRAC a job may resume on another world size: ranks beyond the saved ones keep their RNG.
-    per_rank = torch.load(rank_file, map_location="cpu", weights_only=False) if rank_file.is_file() else None
-    if per_rank is not None:
-        _load_prac_state(model, per_rank["prac"], rank_file)
+    if _rng_file(path, rank).is_file():
+        per_rank = read_file(_rng_file(path, rank), weights_only=False)
         torch.set_rng_state(per_rank["rng"])
         if per_rank["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(per_rank["cuda_rng"])
@@ -88,32 +109,12 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
     return trainer["extra"]
 
 
-def _prac_state(model: nn.Module) -> Optional[Dict[str, Any]]:
-    from prac_dist import is_prac_model, prac_state_dict
-
-    return prac_state_dict(model) if is_prac_model(model) else None
-
-
-def _load_prac_state(model: nn.Module, state: Optional[Dict[str, Any]], where: Path) -> None:
-    from prac_dist import is_prac_model, load_prac_state_dict
-
-    if is_prac_model(model) != (state is not None):
-        saved = "has" if state is not None else "has no"
-        now = "is" if is_prac_model(model) else "is not"
-        raise ValueError(f"{str(where)!r} {saved} PRAC state but the model {now} PRAC-patched: "
-                         f"build the model the way the checkpointed run did")
-    if state is not None:
-        load_prac_state_dict(model, state)
+def _rng_file(path: Path, rank: int) -> Path:
+    return path / f"rng_rank{rank:05d}.pt"
 
 
 def _cuda_rng():
     return torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-
-
-def _rank_world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _barrier() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Optional
 
 from prac_dist.config import PRACConfig
-from prac_dist.deepspeed.checkpoint import load_prac_state, save_prac_state
+from prac_dist.checkpoint import load_prac_state, save_prac_state
 from prac_dist.deepspeed.config import PRACSection, parse_prac_section
 from prac_dist.deepspeed.engine import wire_engine
 from prac_dist.integrations._apply import apply_once, check_config

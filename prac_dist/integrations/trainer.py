@@ -21,7 +21,7 @@ from typing import Any, Optional
 from transformers import TrainerCallback
 
 from prac_dist.config import PRACConfig
-from prac_dist.deepspeed.checkpoint import load_prac_state, save_prac_state
+from prac_dist.checkpoint import load_prac_state, save_prac_state
 from prac_dist.deepspeed.config import parse_prac_section
 from prac_dist.deepspeed.engine import prepare_model
 from prac_dist.integrations._apply import apply_once, check_config

@@ -14,6 +14,7 @@ from prac_dist.config import PRACConfig
 from prac_dist.validate import ConfigError  # settings that do not fit the model: prac-train exits 2
 from prac_dist.core.cost import linear_storage_mode
 from prac_dist.core.subspace import Compressor, allocate_budgets
+from prac_dist.distributed import rank_world
 from prac_dist.ops.gelu import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
                                         is_conv1d, is_linear, linear_shape)
@@ -179,6 +180,9 @@ def _can_probe(model: nn.Module) -> bool:
 
 def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACState) -> nn.Module:
     model.__dict__[_STATE_ATTR] = state
+    rank = rank_world()[0]  # Q2 draws and int8 roundings are seeded per data-parallel rank
+    for comp in state.compressors.values():
+        comp.dp_rank = rank
     if cfg.fused_loss:
         state.fused_loss = _install_fused_loss(model)
     watch_forwards(state, model)

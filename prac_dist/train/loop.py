@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from prac_dist.distributed import discover_env
 from prac_dist.train import checkpoint as ckpt
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.optim import OptimizerSpec
@@ -33,12 +34,12 @@ __all__ = ["train", "env_rank_world", "RankLogger"]
 
 
 def env_rank_world() -> (int, int):
-    """(rank, world size) from the launcher's environment: torchrun/deepspeed, then Open MPI, then SLURM."""
-    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                               ("PMI_RANK", "PMI_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_key in os.environ and size_key in os.environ:
-            return int(os.environ[rank_key]), int(os.environ[size_key])
-    return 0, 1
+    """(rank, world size) from the launcher's environment (prac_dist.distributed), before any process group."""
+    try:
+        env = discover_env()
+    except ValueError as exc:  # a malformed launcher variable is bad input: one line, exit 2
+        raise ConfigError(f"launcher environment: {exc}") from None
+    return env.rank, env.world_size
 
 
 class RankLogger:

@@ -182,4 +182,6 @@ def test_prac_train_fsdp_under_torchrun(tmp_path):
     assert summary, summary
     ckpts = sorted((out / "checkpoints").iterdir())
     assert ckpts and (ckpts[-1] / "model_optim" / ".metadata").is_file()
-    assert (ckpts[-1] / "rank0.pt").is_file() and (ckpts[-1] / "rank1.pt").is_file()
+    assert sorted(p.name for p in ckpts[-1].glob("*rank*.pt")) == [
+        "loop_rank00000.pt", "loop_rank00001.pt", "prac_rank00000.pt", "prac_rank00001.pt",
+        "rng_rank00000.pt", "rng_rank00001.pt"]

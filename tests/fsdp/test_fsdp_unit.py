@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prac_dist.fsdp.env import discover_env, first_slurm_host
+from prac_dist.distributed import discover_env, first_slurm_host
 from prac_dist.fsdp.parallelize import find_decoder_layers, parallelize
 
 

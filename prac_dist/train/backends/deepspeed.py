@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from prac_dist.deepspeed.config import PRACSection, load_ds_config, parse_prac_section
+from prac_dist.distributed import discover_env
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError
 from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
@@ -64,7 +65,7 @@ class DeepSpeedBackend(TrainBackend):
 
         self._owns_process_group = not (dist.is_available() and dist.is_initialized())
         accel = get_accelerator()
-        self.local_rank = _local_rank()
+        self.local_rank = discover_env().local_rank
         if accel.device_name() != "cpu":
             accel.set_device(self.local_rank)  # before the process group, so NCCL binds the right device
         # Under mpirun, DeepSpeed's MPI discovery overwrites MASTER_PORT with distributed_port: pass the
@@ -154,9 +155,9 @@ class DeepSpeedBackend(TrainBackend):
         self.model.save_checkpoint(str(path), tag=_TAG, client_state={"prac_train_extra": extra})
 
     def load(self, path: Path) -> Dict[str, Any]:
-        from prac_dist.deepspeed.checkpoint import prac_state_path
+        from prac_dist.checkpoint import has_prac_state
 
-        has_prac = os.path.isfile(prac_state_path(Path(path) / _TAG, 0))
+        has_prac = has_prac_state(Path(path) / _TAG)
         if has_prac != self.prac:
             raise ConfigError(f"--resume: {path} was written {'with' if has_prac else 'without'} PRAC but this run "
                               f"is {'with' if self.prac else 'without'} it")
@@ -171,13 +172,6 @@ class DeepSpeedBackend(TrainBackend):
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_process_group = False
-
-
-def _local_rank() -> int:
-    for var in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
 
 
 def _fill(cfg: Dict[str, Any], key: str, value: Any, source: str) -> None:
