@@ -43,48 +43,59 @@ def peak_bandwidth() -> float:
     return 2 * x.numel() * x.element_size() / _bench(lambda: y.copy_(x))
 
 
-def kernel_rows(N: int, peak: float) -> list:
+def kernel_cases(N: int, hidden: int, ffn: int, device, dtype=torch.bfloat16) -> list:
+    """(name, bytes moved, {"triton": fn, "torch": fn}) per kernel at N tokens of a (hidden, ffn) layer.
+
+    Bytes are the compulsory traffic (each input read once, each output written once). Both entries
+    of a case compute the same function; each fn returns its outputs (a tensor or a tuple).
+    """
     from prac_dist.kernels import dequantize, fused_project, rmsnorm_backward, rmsnorm_forward
     from prac_dist.kernels import swiglu_backward, swiglu_forward
     from prac_dist.kernels.projection import torch_dequantize, torch_fused_project
     from prac_dist.kernels.rmsnorm import torch_rmsnorm_backward, torch_rmsnorm_forward
     from prac_dist.kernels.swiglu import torch_swiglu_backward, torch_swiglu_forward
 
-    dev, bf = "cuda", torch.bfloat16
-    x = torch.randn(N, HIDDEN, device=dev, dtype=bf)
-    r = int(0.3 * HIDDEN) * 2  # [Q1 | c Q2] at r1 = r2 = 0.3n
-    q = torch.randn(HIDDEN, r, device=dev)
-    w = torch.randn(HIDDEN, device=dev, dtype=bf)
-    g, u = torch.randn(N, FFN, device=dev, dtype=bf), torch.randn(N, FFN, device=dev, dtype=bf)
-    codes, scale = fused_project(x, q, 8, seed=0)
-    _, rstd = rmsnorm_forward(x, w, 1e-6)
-    e = 2  # bytes per bf16 element
-    cases = [
-        # name, bytes moved (compulsory traffic), {implementation: fn}
-        ("fused_project 16-bit", N * HIDDEN * e + HIDDEN * r * e + N * r * e, {
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def randn(*shape, dt=dtype):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dt)
+
+    x = randn(N, hidden)
+    r = int(0.3 * hidden) * 2  # [Q1 | c Q2] at r1 = r2 = 0.3n
+    q = randn(hidden, r, dt=torch.float32) / hidden**0.5
+    w = randn(hidden)
+    g, u = randn(N, ffn), randn(N, ffn)
+    codes, scale = torch_fused_project(x, q, 8, seed=0)
+    _, rstd = torch_rmsnorm_forward(x, w, 1e-6)
+    e = x.element_size()
+    return [
+        ("fused_project 16-bit", N * hidden * e + hidden * r * e + N * r * e, {
             "triton": lambda: fused_project(x, q, 16, kernel="triton"),
             "torch": lambda: torch_fused_project(x, q, 16)}),
-        ("fused_project 8-bit", N * HIDDEN * e + HIDDEN * r * e + N * r + 4 * N, {
+        ("fused_project 8-bit", N * hidden * e + hidden * r * e + N * r + 4 * N, {
             "triton": lambda: fused_project(x, q, 8, seed=1, kernel="triton"),
             "torch": lambda: torch_fused_project(x, q, 8, seed=1)}),
         ("dequantize", N * r + 4 * N + N * r * e, {
-            "triton": lambda: dequantize(codes, scale, bf, kernel="triton"),
-            "torch": lambda: torch_dequantize(codes, scale, bf)}),
-        ("rmsnorm forward", 2 * N * HIDDEN * e + 4 * N, {
+            "triton": lambda: dequantize(codes, scale, dtype, kernel="triton"),
+            "torch": lambda: torch_dequantize(codes, scale, dtype)}),
+        ("rmsnorm forward", 2 * N * hidden * e + 4 * N, {
             "triton": lambda: rmsnorm_forward(x, w, 1e-6, kernel="triton"),
             "torch": lambda: torch_rmsnorm_forward(x, w, 1e-6)}),
-        ("rmsnorm backward", 3 * N * HIDDEN * e + 4 * N, {
+        ("rmsnorm backward", 3 * N * hidden * e + 4 * N, {
             "triton": lambda: rmsnorm_backward(x, x, w, rstd, kernel="triton"),
             "torch": lambda: torch_rmsnorm_backward(x, x, w, rstd)}),
-        ("swiglu forward", 3 * N * FFN * e, {
+        ("swiglu forward", 3 * N * ffn * e, {
             "triton": lambda: swiglu_forward(g, u, kernel="triton"),
             "torch": lambda: torch_swiglu_forward(g, u)}),
-        ("swiglu backward", 5 * N * FFN * e, {
+        ("swiglu backward", 5 * N * ffn * e, {
             "triton": lambda: swiglu_backward(g, g, u, kernel="triton"),
             "torch": lambda: torch_swiglu_backward(g, g, u)}),
     ]
+
+
+def kernel_rows(N: int, peak: float) -> list:
     rows = []
-    for name, nbytes, impls in cases:
+    for name, nbytes, impls in kernel_cases(N, HIDDEN, FFN, "cuda"):
         for impl, fn in impls.items():
             sec = _bench(fn)
             rows.append({"kernel": name, "impl": impl, "N": N, "us": sec * 1e6, "bytes": nbytes,

@@ -140,8 +140,30 @@ class Bench:
         except torch.cuda.OutOfMemoryError:
             return False
 
-    def max_batch(self, model_name: str, setting: str, start: int, limit: int, resolution: int) -> Dict:
-        """Largest batch <= limit that fits: double from `start`, then bisect down to `resolution`."""
+    def max_batch(self, model_name: str, setting: str, start: int, limit: int, resolution: int,
+                  deadline: Optional[float] = None) -> Dict:
+        """Largest batch <= limit that fits: double from `start`, then bisect down to `resolution`.
+
+        deadline: a time.perf_counter() value after which no new trial starts; the answer is then the
+        largest batch that fitted so far, with "stopped_at_deadline": True.
+        """
+        if deadline is not None:
+            fits, best = self.fits, [0]
+
+            def bounded(model_name: str, setting: str, batch: int) -> bool:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError
+                ok = fits(model_name, setting, batch)
+                best[0] = max(best[0], batch) if ok else best[0]
+                return ok
+
+            self.fits = bounded  # an instance attribute shadows the method for the nested search only
+            try:
+                return self.max_batch(model_name, setting, start, limit, resolution)
+            except TimeoutError:
+                return {"max_batch": best[0], "capped_at_limit": False, "stopped_at_deadline": True}
+            finally:
+                del self.fits
         lo, hi = 0, None
         b = start
         while b <= limit:

@@ -121,11 +121,15 @@ def _triton_swiglu_project(g2d, u2d, qg, qu):
     zu = torch.empty((N, ru), dtype=g2d.dtype, device=g2d.device)
     if N:
         bm, br, bk = 64, 64, 32  # fused_project's tiles; at least one column tile so h is written
+        # Two float32 accumulators plus float32 tiles spill 24-216 B at 4 warps and BLOCK_K 32 (sm_80/90);
+        # 8 warps and BLOCK_K 16 spill nothing (python -m prac_dist.kernels.aot).
+        wide = g2d.dtype == torch.float32
+        bk = 16 if wide else bk
         grid = (triton.cdiv(N, bm), max(1, triton.cdiv(max(rg, ru), br)))
         jitted(_swiglu_project_kernel)[grid](
             g2d, u2d, qg, qu, h, zg, zu, N, n, rg, ru, g2d.stride(0), h.stride(0), qg.stride(0), qu.stride(0),
             zg.stride(0), zu.stride(0), DOT_IN_INPUT_DTYPE=g2d.dtype != torch.float32 and not interpreting(),
-            BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk,
+            BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk, num_warps=8 if wide else 4,
         )
     return h, zg, zu
 
