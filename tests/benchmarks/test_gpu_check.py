@@ -67,3 +67,28 @@ def test_no_dry_run_result_is_committed():
     if path.exists():
         res = json.loads(path.read_text())
         assert res["dry_run"] is False and res["environment"]["gpu"]
+
+
+def test_largest_batch_search_stops_at_the_deadline(monkeypatch):
+    import paper_table
+
+    clock = [0.0]
+    monkeypatch.setattr(paper_table.time, "perf_counter", lambda: clock[0])
+
+    class Fake(paper_table.Bench):
+        def fits(self, model_name, setting, batch):  # each trial takes 1 s of the fake clock
+            self.trials.append(batch)
+            clock[0] += 1.0
+            return batch <= 37
+
+    bench = Fake(torch.device("cpu"), torch.float32, 8, 1, 1, tiny=True)
+    bench.trials = []
+    assert bench.max_batch("m", "s", start=4, limit=1024, resolution=1) == {
+        "max_batch": 37, "capped_at_limit": False, "first_failing_batch": 38}
+    assert len(bench.trials) > 3
+    bench.trials, clock[0] = [], 0.0
+    out = bench.max_batch("m", "s", start=4, limit=1024, resolution=1, deadline=2.5)
+    # Trials start at t = 0, 1, 2 (4, 8, 16 fit); none starts after t = 2.5.
+    assert bench.trials == [4, 8, 16]
+    assert out == {"max_batch": 16, "capped_at_limit": False, "stopped_at_deadline": True}
+    assert "fits" not in vars(bench)  # the bounded wrapper is gone again
