@@ -291,7 +291,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="short run length N (optimizer steps)")
     p.add_argument("--long-factor", type=int, default=3, help="long run length = factor x N")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v not in PRESETS], choices=list(VARIANTS),
+                   help="default: the four estimator variants; the presets run with --variants baseline defaults paper "
+                        "(benchmarks/results/convergence_presets.json)")
     p.add_argument("--long-variants", nargs="+", choices=list(VARIANTS),
                    help="variants run at the long length (default: all of --variants)")
     p.add_argument("--long-seeds", type=int, nargs="+", help="seeds of the long length (default: --seeds)")

@@ -58,8 +58,10 @@ def _width(weight: torch.Tensor) -> int:
     return int(getattr(weight, "ds_shape", weight.shape)[-1])
 
 
-def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool, m: int = 0) -> Compressor:
+def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool, m: Optional[int] = None) -> Compressor:
     """m: total output width of a linear group (what linear_storage='auto' weighs the projection against)."""
+    if not nonlinear and m is None:  # linear_storage='auto' weighs the projection against m: never guess it
+        raise TypeError(f"_new_compressor({name!r}): a linear group needs its total output width m")
     r1, r2 = cfg.ranks(n, nonlinear)
     storage = cfg.nonlinear_storage if nonlinear else linear_storage_mode(cfg.linear_storage, n, m, r1 + r2)
     if storage == "int8":

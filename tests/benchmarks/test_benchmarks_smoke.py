@@ -59,7 +59,7 @@ def test_convergence_and_grad_quality_toy(tmp_path):
     res = json.loads(conv.read_text())
     short, long = res["lengths"]["short"], res["lengths"]["long"]
     assert short["steps"] == 4 and long["steps"] == 8
-    assert set(short["runs"]) == {"baseline", "prac", "principal_only", "random_only", "defaults", "paper"}
+    assert set(short["runs"]) == {"baseline", "prac", "principal_only", "random_only"}
     assert set(long["runs"]) == {"baseline", "prac"}
     assert [x["seed"] for x in short["runs"]["prac"]] == [0, 1]
     # Same seed, same initial weights and data: every variant starts from the same validation loss.
