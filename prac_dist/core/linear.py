@@ -32,26 +32,26 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class PRACLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, comp: Compressor, transposed: bool, dtype: torch.dtype, *packed):
+    def forward(ctx, x, weight, bias, q_back, kernel: str, transposed: bool, dtype: torch.dtype, *packed):
         with torch.autocast(x.device.type, enabled=False):
             w = weight.to(dtype)
             xc = x.to(dtype)
             y = xc @ w if transposed else xc @ w.t()
             if bias is not None:
                 y = y + bias.to(dtype)
-        ctx.comp, ctx.transposed, ctx.dtype = comp, transposed, dtype
+        ctx.kernel, ctx.transposed, ctx.dtype = kernel, transposed, dtype
         ctx.has_bias = bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.x_dtype = x.dtype
-        # Keep the basis of *this* forward: a refresh between forward and backward must not leak in.
-        ctx.q_back = comp.q_back(x.device) if comp.projects else None
         ctx.n_packed = len(packed)
-        ctx.save_for_backward(weight, *packed)
+        # Keep the basis of *this* forward (a refresh between forward and backward must not leak in), saved
+        # as a tensor: torch.compile traces saved tensors, not tensors hung on ctx.
+        ctx.save_for_backward(weight, q_back, *packed)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        weight, *packed = ctx.saved_tensors
+        weight, q_back, *packed = ctx.saved_tensors
         dtype = ctx.dtype
         out_features = dy.shape[-1]
         dy2d = dy.reshape(-1, out_features).to(dtype)
@@ -60,14 +60,14 @@ class PRACLinearFunction(torch.autograd.Function):
             w = weight.to(dtype)
             dx = (dy2d @ w.t() if ctx.transposed else dy2d @ w).reshape(*dy.shape[:-1], -1).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            z = unpack(tuple(packed), dtype, ctx.comp.kernel)
+            z = unpack(tuple(packed), dtype, ctx.kernel)
             g = (dy2d.t() @ z).float()  # out x r (projected) or out x n (int8 X itself)
-            if ctx.q_back is not None:
-                g = g @ ctx.q_back.t()  # out x n in float32
+            if q_back is not None:
+                g = g @ q_back.t()  # out x n in float32
             dw = (g.t() if ctx.transposed else g).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2d.float().sum(0).to(ctx.bias_dtype)
-        return (dx, dw, db, None, None, None) + (None,) * ctx.n_packed
+        return (dx, dw, db, None, None, None, None) + (None,) * ctx.n_packed
 
 
 def prac_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], comp: Compressor,
@@ -88,4 +88,5 @@ def prac_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     x2d = x.detach().reshape(-1, x.shape[-1]).to(dtype)
     comp.refresh(x2d)
     packed = comp.compress_shared(x, x2d)
-    return PRACLinearFunction.apply(x, weight, bias, comp, transposed, dtype, *packed)
+    q_back = comp.q_back(x.device) if comp.projects else None
+    return PRACLinearFunction.apply(x, weight, bias, q_back, comp.kernel, transposed, dtype, *packed)

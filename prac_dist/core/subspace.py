@@ -229,11 +229,14 @@ class Compressor:
         if step % self.t2 == 0:
             self.random_due = True
 
-    @torch.no_grad()
     def refresh(self, x2d: torch.Tensor) -> None:
         """Recompute whatever the schedule says is due, from this training batch."""
-        if not self.projects or not (self.principal_due or self.random_due):
-            return
+        if self.projects and (self.principal_due or self.random_due):
+            self._refresh(x2d)
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def _refresh(self, x2d: torch.Tensor) -> None:
         if self.principal_due:
             x, ok = finite_scaled(x2d)
             q1, energy = self._principal(x)
@@ -308,6 +311,7 @@ class Compressor:
             self.dp_rank = rank_world()[0]
         return self.dp_rank
 
+    @torch.compiler.disable
     @torch.no_grad()
     def compress(self, x2d: torch.Tensor) -> tuple:
         """Stored form of x2d: (Z,) at 16 bits, (int8 codes, float32 row scales) of Z at 8 bits, or of X for int8."""
@@ -318,6 +322,7 @@ class Compressor:
         seed = self.next_seed() if self.storage_bits == 8 else 0
         return pack(x2d, self.q_fwd(torch.float32, x2d.device), self.storage_bits, self.kernel, seed)
 
+    @torch.compiler.disable
     def compress_shared(self, x: torch.Tensor, x2d: torch.Tensor) -> tuple:
         """Compress once per input tensor: q/k/v (gate/up) calls with the same x reuse one Z."""
         if self._shared is not None:

@@ -1,6 +1,7 @@
 """Seeing through the wrappers users put around a model: engines (`.module`) and PEFT.
 
-- DeepSpeed's engine, DDP and Accelerate's wrappers keep the model at `.module`.
+- DeepSpeed's engine, DDP and Accelerate's wrappers keep the model at `.module`;
+  torch.compile's OptimizedModule at `._orig_mod`.
 - PEFT keeps it two levels down: `PeftModel.base_model` (a tuner such as `LoraModel`)
   `.model` (the Hugging Face model). apply_prac works on that inner model, whichever
   order the user chose, so the PRAC state, the fused loss and the forward hook all live
@@ -30,7 +31,8 @@ def is_peft_wrapper(module: nn.Module) -> bool:
 def _inner(module: nn.Module):
     if is_peft_wrapper(module):  # PeftModel -> tuner -> model
         return module.__dict__["_modules"].get("base_model") or module.__dict__["_modules"].get("model")
-    inner = module.__dict__["_modules"].get("module")  # engines and DDP register the model as a child
+    children = module.__dict__["_modules"]
+    inner = children.get("module", children.get("_orig_mod"))  # engines, DDP, torch.compile: a registered child
     return inner if isinstance(inner, nn.Module) else None
 
 
