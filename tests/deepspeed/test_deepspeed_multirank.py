@@ -149,11 +149,22 @@ prac: {{principal_update_interval: 2, random_update_interval: 2}}
     return tmp_path / "tiny.yaml"
 
 
+def _prac_config(saved: dict) -> dict:
+    """The PRACConfig a saved per-rank PRAC state was written with."""
+    state = saved.get("state", saved)
+    return state["config"]
+
+
 def _assert_trained_with_prac(run: Path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["backend"] == "deepspeed"
     ckpt = run / "checkpoints" / "step_0000003" / "deepspeed"
     assert sorted(p.name for p in ckpt.glob("prac_rank*.pt")) == ["prac_rank00000.pt", "prac_rank00001.pt"]
+    # The YAML's prac: section ran (the shipped JSONs give only "enabled"/"offload"), not the defaults' 500.
+    import torch
+
+    state = torch.load(ckpt / "prac_rank00000.pt", weights_only=False)
+    assert _prac_config(state)["principal_update_interval"] == 2
 
 
 @pytest.mark.slow
