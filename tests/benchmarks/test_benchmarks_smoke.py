@@ -31,6 +31,7 @@ def test_paper_table_rejects_cpu_without_tiny():
     assert r.returncode == 2 and "--tiny" in r.stderr
 
 
+@pytest.mark.slow  # times steps of a model
 def test_paper_table_dry_run(tmp_path):
     out = tmp_path / "pt.json"
     r = _run("paper_table.py", "--dry-run", "--models", "llama_130m", "--out", out)
@@ -49,6 +50,7 @@ def test_paper_table_dry_run(tmp_path):
     assert res["prac_configs"]["prac_full"]["storage_bits"] == 8
 
 
+@pytest.mark.slow  # trains 10 toy models
 def test_convergence_and_grad_quality_toy(tmp_path):
     conv = tmp_path / "conv.json"
     r = _run("convergence.py", "--steps", "4", "--long-factor", "2", "--seeds", "0", "1",
@@ -86,6 +88,7 @@ def test_results_doc_matches_committed_results():
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.slow  # builds and runs 13 model families
 def test_family_memory_smoke(tmp_path):
     out = tmp_path / "fm.json"
     r = _run("family_memory.py", "--width", 32, "--seq", 16, "--families", "llama", "gemma2", "--out", out)

@@ -31,6 +31,7 @@ def _decoder_bytes(model, x):
     return report.total_bytes
 
 
+@pytest.mark.slow  # bf16 LLaMA-130M layer + 32k logits on CPU: 30-160 s
 @pytest.mark.parametrize("nonlinear, bound", [(False, 0.65), (True, 0.50)])
 def test_decoder_saved_bytes_ratio(llama_130m_layer, nonlinear, bound):
     x = torch.randint(0, 32000, (4, 256))

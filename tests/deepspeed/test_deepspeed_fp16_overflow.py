@@ -21,6 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a DeepSpeed engine process, 9 steps
 @pytest.mark.parametrize("stage", [2])
 def test_overflow_skipped_steps_advance_the_prac_schedule(stage):
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MASTER_PORT=str(_free_port()),

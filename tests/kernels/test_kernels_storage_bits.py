@@ -106,6 +106,7 @@ def _wikitext(split, n_tokens):
     return ids % 2048  # fold the GPT-2 ids into a 2048-word vocabulary: a tiny, fast head
 
 
+@pytest.mark.slow  # two training runs
 def test_8bit_training_within_one_percent_of_16bit():
     train, val = _wikitext("valid", 40 * 8 * 64).reshape(-1, 64), _wikitext("test", 8 * 64).reshape(-1, 64)
     losses = {}

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 pytest.importorskip("triton", reason="triton is an optional dependency (pip install triton)")
 
 
+@pytest.mark.slow  # Triton interpreter in a subprocess: 40-75 s each
 @pytest.mark.parametrize("module", ["interp_projection.py", "interp_norm_act.py"])
 def test_triton_kernels_match_references(module):
     env = dict(os.environ)

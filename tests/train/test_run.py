@@ -4,6 +4,7 @@ bad input exits with status 2 and leaves no checkpoint behind."""
 import json
 import sys
 
+import pytest
 import torch
 
 from prac_dist.train.cli import main
@@ -30,6 +31,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # training run
 def test_short_run_writes_metrics_checkpoint_and_report(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     cfg = tiny_config(tmp_path, corpus, max_steps=3, grad_accum=2)
@@ -55,6 +57,7 @@ def test_short_run_writes_metrics_checkpoint_and_report(tmp_path, corpus, capsys
     assert "already holds checkpoints" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two training runs
 def test_compare_writes_one_side_by_side_report(tmp_path, corpus):
     out = tmp_path / "cmp"
     assert main(["--config", tiny_config(tmp_path, corpus, max_steps=2), "--compare", "--output-dir", out]) == 0
@@ -68,6 +71,7 @@ def test_compare_writes_one_side_by_side_report(tmp_path, corpus):
     assert (out / "report.png").is_file()
 
 
+@pytest.mark.slow  # three training processes
 def test_sigkill_then_resume_is_bit_exact(tmp_path, corpus):
     cfg = tiny_config(tmp_path, corpus, max_steps=8, save_every=2)
     full, killed = tmp_path / "full", tmp_path / "killed"
