@@ -16,11 +16,13 @@ GPT-2 block, HF:
   LayerNorm (x2)      input (bd) + mean, rstd (2 x 4 on CUDA; 2 x b on CPU, under 0.02% here)
   c_attn input        bd;  SDPA: 6bd + 4h (q copy, the 3d qkv storage k/v view, out, one more d)
   c_fc input          bd;  GELU (tanh form, elementwise): 4bf;  c_proj input: bf
-prac_dist (apply_prac): linear inputs become Z = X[Q1|cQ2] (r1 + r2 columns), one per group of
-linears reading the same tensor; norms keep rstd (and mean) in float32 plus their input, exact or
-compressed (compress_nonlinear); SwiGLU keeps gate and up outputs (SiLU recomputed), GELU its input;
-the attention-output linear stays exact (it shares SDPA's storage). 8-bit storage: 1 byte per
-coordinate plus a float32 scale per row.
+prac_dist (apply_prac): a group of linears reading one tensor stores, as prac_dist.core.cost decides
+(linear_storage 'auto': projected where that costs no more FLOPs than the exact dW, i.e. q/k/v and
+gate/up at 0.6n; int8 for down_proj), either Z = X[Q1|cQ2] (r1 + r2 values; r + 4 bytes at
+storage_bits=8) or X in int8 (n + 4 bytes); norms keep rstd (and mean) in float32 plus their input,
+exact, int8 (nonlinear_storage, the default) or projected ('project', the paper); SwiGLU keeps gate
+and up outputs (SiLU recomputed), GELU its input; the attention-output linear stays exact (it
+shares SDPA's storage).
 Head: HF keeps the lm_head input (bd), the float32 log-softmax (4V) and the shifted labels (8);
 the fused loss keeps the input, labels (8) and a float32 logsumexp (4).
 A checkpointed layer keeps only its input (bd) until its recompute.
@@ -31,9 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
+from prac_dist.core.cost import linear_storage_mode, stored_bytes_per_token
+
 from .presets import ModelShape
 
-__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "ranks"]
+__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "ranks", "linear_groups"]
 
 _STAT = 4  # float32 per-row norm statistic (rstd, mean)
 _INT64 = 8
@@ -49,7 +53,11 @@ class Setting:
     nonlinear_principal_ratio: float = 0.2
     nonlinear_random_ratio: float = 0.2
     compress_nonlinear: bool = True
-    storage_bits: int = 16
+    storage_bits: int = 8
+    linear_storage: str = "auto"
+    """PRACConfig.linear_storage: 'auto' (project q/k/v and gate/up, int8 elsewhere), 'project' or 'int8'."""
+    nonlinear_storage: str = "int8"
+    """PRACConfig.nonlinear_storage; 'project' is the paper's method (PRACConfig.paper(): T1 = 500, exact eigh)."""
     fused_loss: bool = False
     checkpoint_every: int = 0
     """0: no activation checkpointing; k: checkpoint layers 0, k, 2k, ... (k = 1: all)."""
@@ -63,10 +71,15 @@ class Setting:
         parts = []
         if self.prac:
             parts.append(f"PRAC {self.principal_ratio:g}/{self.random_ratio:g}")
-            parts.append(f"nl {self.nonlinear_principal_ratio:g}/{self.nonlinear_random_ratio:g}"
-                         if self.compress_nonlinear else "nl exact")
-            if self.storage_bits == 8:
-                parts.append("int8")
+            if self.linear_storage != "auto":
+                parts.append(f"linear {self.linear_storage}")
+            if not self.compress_nonlinear:
+                parts.append("nl exact")
+            elif self.nonlinear_storage == "project":
+                parts.append(f"nl {self.nonlinear_principal_ratio:g}/{self.nonlinear_random_ratio:g}")
+            else:
+                parts.append("nl int8")
+            parts.append(f"Z {self.storage_bits}-bit")
         else:
             parts.append("baseline")
         if self.fused_loss:
@@ -81,13 +94,16 @@ class Setting:
         """The PRACConfig fields of this setting (empty for the baseline)."""
         if not self.prac:
             return {}
-        return {"principal_ratio": self.principal_ratio, "random_ratio": self.random_ratio,
-                "nonlinear_principal_ratio": self.nonlinear_principal_ratio,
-                "nonlinear_random_ratio": self.nonlinear_random_ratio,
-                "compress_nonlinear": self.compress_nonlinear, "storage_bits": self.storage_bits,
-                "fused_loss": self.fused_loss,
-                # What this planner models: every input projected (it does not model the int8 modes yet).
-                "linear_storage": "project", "nonlinear_storage": "project"}
+        out = {"principal_ratio": self.principal_ratio, "random_ratio": self.random_ratio,
+               "nonlinear_principal_ratio": self.nonlinear_principal_ratio,
+               "nonlinear_random_ratio": self.nonlinear_random_ratio,
+               "compress_nonlinear": self.compress_nonlinear, "storage_bits": self.storage_bits,
+               "linear_storage": self.linear_storage, "nonlinear_storage": self.nonlinear_storage,
+               "fused_loss": self.fused_loss}
+        if self.compress_nonlinear and self.nonlinear_storage == "project":
+            # The paper's schedule (PRACConfig.paper()): a per-step re-solve would cost more than the layer.
+            out.update(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact")
+        return out
 
 
 def ranks(n: int, principal: float, random: float) -> int:
@@ -95,13 +111,29 @@ def ranks(n: int, principal: float, random: float) -> int:
     return int(principal * n + 1e-9) + int(random * n + 1e-9)
 
 
-def _z(n: int, s: Setting, b: int, nonlinear: bool) -> int:
-    """Bytes per token of a compressed width-n input."""
+def linear_groups(shape: ModelShape):
+    """(n, m) of each compressed linear group of one decoder layer: input width, total output width.
+
+    The attention-output linear stays exact under SDPA (its input is SDPA's own saved output).
+    """
+    d, f = shape.hidden, shape.ffn
+    if shape.family == "llama":
+        return ((d, d + 2 * shape.kv_dim), (d, 2 * f), (f, d))  # q/k/v, gate/up, down
+    return ((d, 3 * d), (d, f), (f, d))  # c_attn, c_fc, the MLP's c_proj
+
+
+def storage_mode(s: Setting, n: int, m: int, nonlinear: bool) -> str:
+    """'project' or 'int8': what apply_prac stores for this input (prac_dist.core.cost decides)."""
     if nonlinear:
-        r = ranks(n, s.nonlinear_principal_ratio, s.nonlinear_random_ratio)
-    else:
-        r = ranks(n, s.principal_ratio, s.random_ratio)
-    return r + 4 if s.storage_bits == 8 else r * b
+        return s.nonlinear_storage
+    return linear_storage_mode(s.linear_storage, n, m, ranks(n, s.principal_ratio, s.random_ratio))
+
+
+def _z(n: int, s: Setting, b: int, nonlinear: bool, m: int = 0) -> int:
+    """Bytes per token of a compressed width-n input (m: a linear group's total output width)."""
+    r = ranks(n, s.nonlinear_principal_ratio, s.nonlinear_random_ratio) if nonlinear else \
+        ranks(n, s.principal_ratio, s.random_ratio)
+    return stored_bytes_per_token(storage_mode(s, n, m, nonlinear), n, r, s.storage_bits, b)
 
 
 def _nl(n: int, s: Setting, b: int) -> int:
@@ -117,14 +149,18 @@ def layer_saved_bytes_per_token(shape: ModelShape, s: Setting, b: int) -> Dict[s
         if not s.prac:
             return {"norm": 2 * (4 * d + b * d + _STAT), "linear_input": 2 * b * d, "attention": attn,
                     "mlp": 4 * b * f}
-        return {"norm": 2 * (_STAT + _nl(d, s, b)), "linear_input": 2 * _z(d, s, b, False) + _z(f, s, b, False),
+        return {"norm": 2 * (_STAT + _nl(d, s, b)), "linear_input": _linear_inputs(shape, s, b),
                 "attention": attn, "mlp": 2 * _nl(f, s, b)}
     attn = 6 * b * d + 4 * h
     if not s.prac:
         return {"norm": 2 * (b * d + 2 * _STAT), "linear_input": 2 * b * d + b * f, "attention": attn,
                 "mlp": 4 * b * f}
-    return {"norm": 2 * (2 * _STAT + _nl(d, s, b)), "linear_input": 2 * _z(d, s, b, False) + _z(f, s, b, False),
+    return {"norm": 2 * (2 * _STAT + _nl(d, s, b)), "linear_input": _linear_inputs(shape, s, b),
             "attention": attn, "mlp": _nl(f, s, b)}
+
+
+def _linear_inputs(shape: ModelShape, s: Setting, b: int) -> int:
+    return sum(_z(n, s, b, False, m) for n, m in linear_groups(shape))
 
 
 def _final_norm_per_token(shape: ModelShape, s: Setting, b: int) -> int:

@@ -1,10 +1,12 @@
-"""plan(): predict peak memory per setting and pick the cheapest one that fits a budget.
+"""plan(): predict peak memory and FLOPs per setting and pick the fastest one that fits a budget.
 
 Peak = model states (parameters, gradients, optimizer: ZeRO paper accounting, sharded per engine)
      + activations saved for backward (prac_dist.planner.activations, a formula per module type)
      + the largest backward transient (head logits or chunk, one layer's gradient temporaries,
        one checkpointed layer's recompute)
      + engine buffers (ZeRO-3/FSDP2 gathered parameters, ZeRO-1/2 gradient bucket).
+Compute = FLOPs of one training step (prac_dist.planner.flops: recompute, PRAC's projections and
+amortised refreshes, the loss head), held within 5% of benchmarks/compute.py's count.
 Every term is a formula of the shape; nothing is measured at plan time.
 """
 
@@ -15,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .activations import Setting, layer_saved_bytes_per_token, saved_bytes
+from .flops import step_flops
 from .presets import PRESETS, ModelShape, get_shape, shape_from_config
 
-__all__ = ["plan", "Plan", "PlanRow", "ENGINES", "DTYPES", "candidate_settings"]
+__all__ = ["plan", "Plan", "PlanRow", "ENGINES", "DTYPES", "candidate_settings", "family"]
 
 ENGINES = ("single", "zero1", "zero2", "zero3", "fsdp2")
 DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -39,15 +42,18 @@ class PlanRow:
     activations: Dict[str, int]
     """Saved-for-backward bytes by component (the 'activations' total broken down)."""
     peak_bytes: int
-    recompute_fraction: float
-    """Forward FLOPs recomputed in backward, as a fraction of one forward pass."""
+    flops: Dict[str, float]
+    """FLOPs of one training step of a micro-batch: decoder, head, refresh(_per_step), total."""
+    compute_ratio: float = 1.0
+    """flops['total'] over the baseline's: the step's predicted compute, 1.0 = the exact model."""
     fits: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"setting": self.setting.label(), "prac_config": self.setting.prac_config_dict(),
+        return {"setting": self.setting.label(), "family": family(self.setting),
+                "prac_config": self.setting.prac_config_dict(),
                 "checkpoint_every": self.setting.checkpoint_every, "components": self.components,
-                "activations": self.activations, "peak_bytes": self.peak_bytes,
-                "recompute_fraction": self.recompute_fraction, "fits": self.fits}
+                "activations": self.activations, "peak_bytes": self.peak_bytes, "flops": self.flops,
+                "compute_ratio": self.compute_ratio, "fits": self.fits}
 
 
 @dataclass
@@ -68,33 +74,49 @@ class Plan:
         return self.rows[0]
 
     def table(self, all_rows: bool = False) -> str:
-        """Baseline, then per checkpointing mix the best-ranked setting (or every row with all_rows)."""
-        shown = self.rows if all_rows else _frontier(self.rows)
+        """Per setting family its fastest fitting row (every row with all_rows), a legend, the pick and why."""
+        shown = self.rows if all_rows else _families(self.rows)
         gib = 2**30
-        head = (f"{'setting':<46} {'params':>7} {'grads':>7} {'optim':>7} {'activ':>7} {'trans':>7} "
-                f"{'buffers':>7} {'peak':>8} {'recomp':>6}  fits")
+        head = (f"{'setting':<62} {'params':>6} {'grads':>6} {'optim':>6} {'activ':>6} {'trans':>6} "
+                f"{'buffers':>7} {'peak':>7} {'TFLOP':>7} {'compute':>7}  fits")
         lines = [f"{self.model}: micro-batch {self.micro_batch} x seq {self.seq_len}, {self.engine} x "
                  f"{self.world_size}, {self.dtype}, budget {self.memory_budget_bytes / gib:.2f} GiB (GiB per rank)",
                  head, "-" * len(head)]
         for r in shown:
             c = r.components
             mark = " <- pick" if r is self.pick else ""
-            lines.append(f"{r.setting.label():<46} {c['params'] / gib:>7.2f} {c['grads'] / gib:>7.2f} "
-                         f"{c['optimizer'] / gib:>7.2f} {c['activations'] / gib:>7.2f} {c['transient'] / gib:>7.2f} "
-                         f"{c['buffers'] / gib:>7.2f} {r.peak_bytes / gib:>8.2f} {r.recompute_fraction:>6.1%}  "
-                         f"{'yes' if r.fits else 'no'}{mark}")
-        if self.pick is None:
-            lines.append("pick: nothing fits; lower the micro-batch or add ranks")
-        else:
-            lines.append(f"pick: {self.pick.setting.label()} (predicted peak {self.pick.peak_bytes / gib:.2f} GiB)")
-            cfg = self.pick.setting.prac_config_dict()
-            if cfg:
-                lines.append("      PRACConfig(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")")
-            ck = self.pick.setting.checkpoint_every
-            if ck:
-                layers = list(range(0, self.shape.layers, ck))
-                lines.append(f"      checkpoint decoder layers {layers}")
+            lines.append(f"{r.setting.label():<62} {c['params'] / gib:>6.2f} {c['grads'] / gib:>6.2f} "
+                         f"{c['optimizer'] / gib:>6.2f} {c['activations'] / gib:>6.2f} {c['transient'] / gib:>6.2f} "
+                         f"{c['buffers'] / gib:>7.2f} {r.peak_bytes / gib:>7.2f} {r.flops['total'] / 1e12:>7.2f} "
+                         f"{r.compute_ratio:>6.3f}x  {'yes' if r.fits else 'no'}{mark}")
+        lines += _LEGEND if all_rows else _LEGEND + [_FAMILY_NOTE]
+        lines += self._pick_lines()
         return "\n".join(lines)
+
+    def _pick_lines(self) -> List[str]:
+        gib = 2**30
+        if self.pick is None:
+            return ["pick: nothing fits; lower the micro-batch or add ranks"]
+        p = self.pick
+        out = [f"pick: {p.setting.label()} (predicted peak {p.peak_bytes / gib:.2f} GiB, "
+               f"{p.compute_ratio:.3f}x the baseline's FLOPs per step)"]
+        faster = [r for r in self.rows if max(r.compute_ratio, 1.0) < max(p.compute_ratio, 1.0) - 1e-9]
+        if faster:
+            best = min(faster, key=lambda r: r.flops["total"])
+            out.append(f"      why: the fastest fitting setting; faster ones do not fit (e.g. {best.setting.label()}: "
+                       f"{best.compute_ratio:.3f}x, peak {best.peak_bytes / gib:.2f} GiB)")
+        else:
+            out.append("      why: no fitting setting costs fewer FLOPs per step (at or under the baseline's count they "
+                       "tie); among those, least gradient variance (exact first, then higher ratios), then peak")
+        cfg = p.setting.prac_config_dict()
+        if cfg:
+            out.append("      PRACConfig(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")")
+        elif p.setting.fused_loss:
+            out.append("      prac_dist.loss.install_fused_loss(model)")
+        ck = p.setting.checkpoint_every
+        if ck:
+            out.append(f"      checkpoint decoder layers {list(range(0, self.shape.layers, ck))}")
+        return out
 
     def to_dict(self) -> Dict[str, Any]:
         return {"model": self.model, "shape": dataclasses.asdict(self.shape), "micro_batch": self.micro_batch,
@@ -104,10 +126,34 @@ class Plan:
                 "rows": [r.to_dict() for r in self.rows]}
 
 
-def _frontier(rows: Sequence[PlanRow]) -> List[PlanRow]:
+_LEGEND = [
+    "columns: params/grads/optim = model states per rank; activ = bytes saved for backward; trans = the largest",
+    "  backward transient; buffers = engine buffers (gathered params, gradient bucket); peak = their sum (GiB);",
+    "  TFLOP = one training step of the micro-batch (forward, loss, backward, recompute, PRAC projections and",
+    "  refreshes amortised over T1 = 500); compute = TFLOP / the baseline's (1.000x = no extra compute).",
+    "  nl = norm/SwiGLU/GELU inputs (int8, exact, or projected as in PRACConfig.paper()); Z = bits of a stored",
+    "  projection; fused loss = chunked head that never stores the logits; ckpt = activation checkpointing.",
+]
+_FAMILY_NOTE = "rows: each family's fastest fitting setting (smallest peak when none fits); --all prints every one."
+
+
+def family(s: Setting) -> str:
+    """The family a setting belongs to in the default view: method, Z bits, loss head."""
+    if not s.prac:
+        kind = "checkpointing" if s.checkpoint_every else "baseline"
+    elif not s.compress_nonlinear:
+        kind = "PRAC lean"
+    else:
+        kind = "PRAC paper" if s.nonlinear_storage == "project" else "PRAC default"
+    if s.prac:
+        kind += f", Z {s.storage_bits}-bit"
+    return kind + (", fused loss" if s.fused_loss else "")
+
+
+def _families(rows: Sequence[PlanRow]) -> List[PlanRow]:
     out = [rows[0]]
-    for k in CHECKPOINT_EVERY:
-        group = [r for r in rows if r.setting.checkpoint_every == k]
+    for name in dict.fromkeys(family(r.setting) for r in rows):
+        group = [r for r in rows if family(r.setting) == name]
         fitting = [r for r in group if r.fits]
         best = min(fitting, key=_rank_key) if fitting else min(group, key=lambda r: r.peak_bytes)
         if best not in out:
@@ -122,28 +168,36 @@ def candidate_settings() -> List[Setting]:
         for fused in (False, True):
             out.append(Setting(prac=False, fused_loss=fused, checkpoint_every=ck))
         for p, r in LINEAR_RATIOS:
-            nl_options = [(False, 0.2, 0.2)] + [(True, a, b) for a, b in NONLINEAR_RATIOS]
-            for compress, a, b in nl_options:
+            # lean (nonlinear inputs exact), default (int8), the paper's projections at each ratio.
+            nl_options = [(False, "int8", 0.2, 0.2), (True, "int8", 0.2, 0.2)] + \
+                [(True, "project", a, b) for a, b in NONLINEAR_RATIOS]
+            for compress, nl_storage, a, b in nl_options:
+                linear = "project" if nl_storage == "project" else "auto"
                 for bits in (16, 8):
                     for fused in (False, True):
                         out.append(Setting(prac=True, principal_ratio=p, random_ratio=r,
                                            nonlinear_principal_ratio=a, nonlinear_random_ratio=b,
                                            compress_nonlinear=compress, storage_bits=bits, fused_loss=fused,
+                                           linear_storage=linear, nonlinear_storage=nl_storage,
                                            checkpoint_every=ck))
     return out
 
 
 def _variance_rank(s: Setting) -> tuple:
     # Exact settings first; then the linear ratio (the paper's variance bound), then nonlinear
-    # inputs exact before compressed, higher nonlinear ratio, 16-bit before 8-bit.
+    # inputs exact before compressed, int8 (unbiased, full width) before projected, higher nonlinear
+    # ratio, 16-bit before 8-bit.
     if not s.prac:
         return (0,)
-    return (1, -(s.principal_ratio + s.random_ratio), s.compress_nonlinear,
+    return (1, -(s.principal_ratio + s.random_ratio), s.compress_nonlinear, s.nonlinear_storage == "project",
             -(s.nonlinear_principal_ratio + s.nonlinear_random_ratio), s.storage_bits == 8)
 
 
 def _rank_key(r: PlanRow) -> tuple:
-    return (round(r.recompute_fraction, 9), _variance_rank(r.setting), r.peak_bytes)
+    # Fastest first: FLOPs per step to 0.1% (closer is within the prediction's own error). A setting
+    # below the exact model's count (a low-rank dW is cheaper than the full one) ties with it: saving
+    # FLOPs is no reason to add gradient variance, so among those the least variance wins.
+    return (round(max(r.compute_ratio, 1.0), 3), _variance_rank(r.setting), r.peak_bytes)
 
 
 # ---- the terms -------------------------------------------------------------------------------
@@ -197,15 +251,6 @@ def _transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
     return max(head, layer)
 
 
-def _recompute_fraction(shape: ModelShape, s: Setting, n: int, seq_len: int) -> float:
-    d, v = shape.hidden, shape.vocab
-    layer_flops = 2 * n * _block_params(shape) + 2 * n * seq_len * d  # matmuls + causal attention
-    head_flops = 2 * n * d * v
-    forward = shape.layers * layer_flops + head_flops
-    again = s.checkpointed_layers(shape.layers) * layer_flops + (head_flops if s.fused_loss else 0)
-    return again / forward
-
-
 def _evaluate(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, engine: str, world: int,
               b: int, budget: int) -> PlanRow:
     acts = saved_bytes(shape, s, micro_batch, seq_len, b)
@@ -216,7 +261,7 @@ def _evaluate(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, eng
     comps["buffers"] = _buffers(shape, engine, world, b)
     peak = sum(comps.values())
     return PlanRow(setting=s, components=comps, activations=acts, peak_bytes=peak,
-                   recompute_fraction=_recompute_fraction(shape, s, n, seq_len), fits=peak <= budget)
+                   flops=step_flops(shape, s, micro_batch, seq_len, b), fits=peak <= budget)
 
 
 # ---- validation and the entry point ----------------------------------------------------------
@@ -249,11 +294,12 @@ def _resolve_dtype(dtype: Any) -> str:
 
 def plan(model: Union[str, ModelShape, Any], micro_batch: int, seq_len: int, engine: str = "single",
          world_size: int = 1, memory_budget_bytes: int = 80 * 2**30, dtype: Any = "bfloat16") -> Plan:
-    """Predict per-rank peak memory for every candidate setting and pick the cheapest that fits.
+    """Predict per-rank peak memory and step FLOPs for every candidate setting; pick the fastest that fits.
 
-    Ranking among settings that fit: least recomputed forward FLOPs (activation checkpointing,
-    the fused loss's logits recompute), then least gradient variance (exact before PRAC, higher
-    ratios first), then lowest peak. `Plan.pick` is None when nothing fits.
+    Ranking among settings that fit: fewest FLOPs per step (activation checkpointing's recompute,
+    PRAC's projections and refreshes, the fused loss's logits recompute when it has one), then least
+    gradient variance (exact before PRAC, higher ratios first), then lowest peak. `Plan.pick` is
+    None when nothing fits.
     """
     name, shape = _resolve_model(model)
     _positive_int("micro_batch", micro_batch)
@@ -273,6 +319,9 @@ def plan(model: Union[str, ModelShape, Any], micro_batch: int, seq_len: int, eng
                   world_size=world_size, dtype=dname, memory_budget_bytes=memory_budget_bytes)
     result.rows = [_evaluate(shape, s, micro_batch, seq_len, engine, world_size, b, memory_budget_bytes)
                    for s in candidate_settings()]
+    base_flops = result.rows[0].flops["total"]
+    for r in result.rows:
+        r.compute_ratio = r.flops["total"] / base_flops
     fitting = [r for r in result.rows if r.fits]
     if fitting:
         result.pick = min(fitting, key=_rank_key)
