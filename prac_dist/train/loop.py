@@ -96,7 +96,9 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
     if t.measure_memory and start_ckpt is None and backend.name == "local" and cfg.prac is not None:
         # The same micro-batch through the unpatched model: the reference for the PRAC saving.
         model.to(backend.device)
-        memory["saved_bytes_no_prac"] = _measure(model, sample, backend, restore_prac=False).total_bytes
+        plain = _measure(model, sample, backend, restore_prac=False)
+        memory["saved_bytes_no_prac"] = plain.total_bytes
+        memory["saved_by_module_name_no_prac"] = dict(plain.by_module_name)  # report: head vs decoder
     opt = OptimizerSpec(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
                         eps=cfg.optim.eps, grad_clip=cfg.optim.grad_clip, warmup_steps=cfg.optim.warmup_steps,
                         max_steps=t.max_steps, min_lr_ratio=cfg.optim.min_lr_ratio, grad_accum=t.grad_accum)
@@ -129,7 +131,8 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
         metrics.truncate(-1)
         if t.measure_memory:
             report = _measure(model, sample.to(backend.device), backend, restore_prac=cfg.prac is not None)
-            memory.update(saved_bytes=report.total_bytes, saved_by_module_type=dict(report.by_module_type))
+            memory.update(saved_bytes=report.total_bytes, saved_by_module_type=dict(report.by_module_type),
+                          saved_by_module_name=dict(report.by_module_name))
         memory["params"] = n_params
         metrics.write({"step": 0, "kind": "memory", **memory})
 

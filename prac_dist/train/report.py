@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["write_report", "read_run", "hardware"]
+__all__ = ["write_report", "read_run", "hardware", "split_saved"]
 
 _MIB = 2 ** 20
 
@@ -67,11 +68,13 @@ def _table(data) -> List[str]:
 
 def _comparison(data) -> List[str]:
     if "baseline" not in data or "prac" not in data:
-        s = next(iter(data.values()))["summary"]
+        d = next(iter(data.values()))
+        s, mem = d["summary"], d["memory"]
         if s.get("saved_bytes") and s.get("saved_bytes_no_prac"):
             cut = 1 - s["saved_bytes"] / s["saved_bytes_no_prac"]
             return [f"Saved for backward on one micro-batch: {s['saved_bytes'] / _MIB:.1f} MiB with PRAC, "
-                    f"{s['saved_bytes_no_prac'] / _MIB:.1f} MiB without ({cut:+.1%} less).", ""]
+                    f"{s['saved_bytes_no_prac'] / _MIB:.1f} MiB without ({cut:.1%} less)."]  \
+                + _split_lines(mem.get("saved_by_module_name_no_prac"), mem.get("saved_by_module_name")) + [""]
         return []
     b, p = data["baseline"]["summary"], data["prac"]["summary"]
     lines = [f"- PRAC final validation loss vs baseline: {p['final_val_loss'] / b['final_val_loss'] - 1:+.2%} "
@@ -80,12 +83,44 @@ def _comparison(data) -> List[str]:
         lines.append(f"- Activation memory saved for backward (one micro-batch): "
                      f"{1 - p['saved_bytes'] / b['saved_bytes']:.1%} less "
                      f"({p['saved_bytes'] / _MIB:.1f} vs {b['saved_bytes'] / _MIB:.1f} MiB)")
+        lines += _split_lines(data["baseline"]["memory"].get("saved_by_module_name"),
+                              data["prac"]["memory"].get("saved_by_module_name"))
     if b.get("gpu_peak_allocated_bytes") and p.get("gpu_peak_allocated_bytes"):
         lines.append(f"- GPU peak allocated: {1 - p['gpu_peak_allocated_bytes'] / b['gpu_peak_allocated_bytes']:.1%}"
                      f" less")
     if b.get("median_tokens_per_s") and p.get("median_tokens_per_s"):
-        lines.append(f"- Throughput: {p['median_tokens_per_s'] / b['median_tokens_per_s'] - 1:+.1%} tokens/s")
+        lines.append(f"- Compute it costs: {b['median_tokens_per_s'] / p['median_tokens_per_s'] - 1:+.1%} time per "
+                     f"token ({p['median_tokens_per_s'] / b['median_tokens_per_s'] - 1:+.1%} tokens/s, median step; "
+                     f"FLOPs per setting: benchmarks/results/compute.json, prac-plan predicts them)")
     return lines + [""]
+
+
+# A decoder layer's module path: model.layers.3..., transformer.h.3..., gpt_neox.layers.3...
+_DECODER = re.compile(r"(^|\.)(layers|h|blocks|block)\.\d+(\.|$)")
+
+
+def split_saved(by_name: Optional[Dict[str, int]]) -> Optional[Dict[str, int]]:
+    """Bytes by module name -> {'decoder': the decoder layers, 'head': the rest (final norm, lm_head, loss)}."""
+    if not by_name:
+        return None
+    decoder = sum(v for k, v in by_name.items() if _DECODER.search(k))
+    return {"decoder": decoder, "head": sum(by_name.values()) - decoder}
+
+
+def _split_lines(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]]) -> List[str]:
+    """Where the saving comes from: the loss head (fused loss: no float32 logits) vs the decoder (PRAC)."""
+    b, a = split_saved(before), split_saved(after)
+    if b is None or a is None:
+        return []
+    total = (b["decoder"] + b["head"]) - (a["decoder"] + a["head"])
+    if total <= 0 or not b["decoder"]:
+        return []
+    head, dec = b["head"] - a["head"], b["decoder"] - a["decoder"]
+    return [f"  - of the {total / _MIB:.1f} MiB saved, {head / _MIB:.1f} MiB ({head / total:.0%}) are the loss head "
+            f"(final norm, lm_head and loss: {b['head'] / _MIB:.1f} -> {a['head'] / _MIB:.1f} MiB; the fused loss "
+            f"never stores the float32 logits) and {dec / _MIB:.1f} MiB ({dec / total:.0%}) the decoder layers' "
+            f"compression ({b['decoder'] / _MIB:.1f} -> {a['decoder'] / _MIB:.1f} MiB, "
+            f"{1 - a['decoder'] / b['decoder']:.1%} less)"]
 
 
 def _prac_lines(data) -> List[str]:
