@@ -1,6 +1,7 @@
 """PRAC under FSDP2 in one ordered function (the torchtitan order).
 
-    PRAC module swap -> activation checkpointing (optional) -> fully_shard per decoder block -> root
+    PRAC module swap -> activation checkpointing (optional) -> torch.compile per decoder block (optional)
+    -> fully_shard per decoder block -> root
 
 Each step must come before the next: see the comment at each step.
 """
@@ -17,7 +18,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_sh
 
 from prac_dist.models.registry import ARCHITECTURES, architecture_of
 
-__all__ = ["parallelize", "find_decoder_layers"]
+__all__ = ["parallelize", "find_decoder_layers", "compile_blocks"]
 
 
 def find_decoder_layers(model: nn.Module, layers_path: Optional[str] = None) -> nn.ModuleList:
@@ -66,11 +67,13 @@ def parallelize(
     activation_checkpointing: bool = False,
     *,
     layers_path: Optional[str] = None,
+    compile_backend: Optional[str] = None,
 ) -> nn.Module:
     """Apply PRAC (when `prac_config` is a PRACConfig; None = plain FSDP2) and shard `model` over `mesh`.
 
     Modifies `model` in place and returns it; build the optimizer afterwards, from the
     sharded parameters. `mesh` is a 1-D data-parallel mesh, e.g. `init_device_mesh("cpu", (world,))`.
+    compile_backend ('inductor', 'aot_eager', ...): torch.compile each decoder block's forward.
     """
     _check_args(mesh, mp_policy, offload_policy, activation_checkpointing)
     layers = find_decoder_layers(model, layers_path)
@@ -96,16 +99,31 @@ def parallelize(
         for i, block in enumerate(layers):
             layers[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
-    # 3. One FSDP unit per decoder block, bottom-up: only one block's full weights exist at a time
+    # 3. torchtitan's order: compile each block, then shard it. The block's forward is compiled, not the
+    #    block wrapped in an OptimizedModule, so parameter names (and checkpoints) stay those of an
+    #    eager run, and FSDP2's unshard/reshard hooks run outside the compiled graph.
+    if compile_backend is not None:
+        compile_blocks(layers, compile_backend)
+
+    # 4. One FSDP unit per decoder block, bottom-up: only one block's full weights exist at a time
     #    (all-gather in forward, free after). The last block is not resharded after forward:
     #    backward starts with it, so freeing it would only re-gather it immediately.
     for i, block in enumerate(layers):
         fully_shard(block, reshard_after_forward=i < len(layers) - 1, **fsdp_kwargs)
 
-    # 4. The root last: it takes the leftover parameters (embeddings, final norm, LM head) and
+    # 5. The root last: it takes the leftover parameters (embeddings, final norm, LM head) and
     #    its forward hook drives the lazy initialisation of all the units below it.
     fully_shard(model, **fsdp_kwargs)
     return model
+
+
+def compile_blocks(layers: nn.ModuleList, backend: str) -> None:
+    """torch.compile each decoder block's forward in place (PRAC's refreshes and compression stay eager)."""
+    if not isinstance(backend, str) or not backend:
+        raise ValueError(f"compile backend={backend!r}: accepted is a torch.compile backend name such as "
+                         f"'inductor' or 'aot_eager'")
+    for block in layers:
+        block.forward = torch.compile(block.forward, backend=backend)
 
 
 def _check_args(mesh, mp_policy, offload_policy, activation_checkpointing) -> None:

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     m.add_argument("--deepspeed", metavar="DS_CONFIG_JSON", help="run under DeepSpeed with this config")
     m.add_argument("--fsdp", action="store_true", help="run under PyTorch FSDP2 (launch with torchrun)")
+    m.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="torch.compile each decoder block (default backend: inductor)")
     m.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment is what is used.
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -104,6 +106,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         overrides["backend.deepspeed_config"] = args.deepspeed
     if args.fsdp:
         overrides["backend.kind"] = "fsdp"
+    if args.compile:
+        overrides["backend.compile"] = args.compile
     cfg = load_config(args.config, overrides)
     if args.compare and cfg.prac is None:
         raise ConfigError(f"--compare needs PRAC settings, but PRAC is off by {cfg.prac_source}: "
@@ -132,7 +136,7 @@ def make_backend_factory(cfg: TrainConfig):
             if world > 1:
                 raise ConfigError(f"{world} processes were launched but the engine is local (one process): "
                                   f"pass --deepspeed CONFIG or --fsdp")
-            return LocalBackend(device=t.device, precision=t.precision)
+            return LocalBackend(device=t.device, precision=t.precision, compile_backend=b.compile)
         if b.kind == "deepspeed":
             try:
                 from prac_dist.train.backends.deepspeed import DeepSpeedBackend
@@ -144,7 +148,8 @@ def make_backend_factory(cfg: TrainConfig):
             from prac_dist.train.backends.fsdp import FSDPBackend
         except ImportError as exc:
             raise ConfigError(f"--fsdp: the FSDP2 engine is unavailable ({exc})") from None
-        return FSDPBackend(mixed_precision=b.fsdp_mixed_precision, cpu_offload=b.fsdp_cpu_offload)
+        return FSDPBackend(mixed_precision=b.fsdp_mixed_precision, cpu_offload=b.fsdp_cpu_offload,
+                           compile_backend=b.compile)
 
     return make
 

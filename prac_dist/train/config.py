@@ -124,6 +124,8 @@ class BackendConfig:
     fsdp_mixed_precision: str = "fp32"
     """FSDP2 parameter dtype: 'bf16' or 'fp32'."""
     fsdp_cpu_offload: bool = False
+    compile: Optional[str] = None
+    """torch.compile backend for each decoder block ('inductor', 'aot_eager'); null = eager. local and fsdp."""
 
 
 @dataclass
@@ -297,6 +299,10 @@ def _validate_values(cfg: TrainConfig) -> None:
          b.deepspeed_config, "a DeepSpeed JSON path when backend.kind is deepspeed")
     need(b.fsdp_mixed_precision in ("bf16", "fp32"), "backend.fsdp_mixed_precision", b.fsdp_mixed_precision,
          "'bf16' or 'fp32'")
+    need(b.compile is None or (isinstance(b.compile, str) and b.compile != ""), "backend.compile", b.compile,
+         "null or a torch.compile backend name ('inductor', 'aot_eager')")
+    need(not (b.compile is not None and b.kind == "deepspeed"), "backend.compile", b.compile,
+         "null under --deepspeed (per-block compile is wired for the local and fsdp engines)")
 
 
 def parse_override(text: str) -> Tuple[str, Any]:

@@ -64,3 +64,35 @@ def test_aot_eager_matches_eager_paper(make_llama):
 def test_inductor_matches_eager(make_llama):
     pytest.importorskip("torch._inductor")
     _compare(make_llama, INT8, "inductor", 1e-4, steps=3)
+
+
+def test_prac_train_compile_flag(capsys):
+    import yaml
+
+    from prac_dist.train.cli import main
+
+    assert main(["--print-config", "--compile"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["backend"]["compile"] == "inductor"
+    assert main(["--print-config", "--compile", "aot_eager", "--fsdp"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["backend"]["compile"] == "aot_eager"
+    assert main(["--print-config", "--set", "backend.compile=''"]) == 2
+    assert "backend.compile=''" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two training runs
+def test_prac_train_compile_matches_eager(tmp_path):
+    import json
+
+    from prac_dist.train.cli import main
+
+    args = ["--max-steps", "3", "--micro-batch-size", "2", "--seq-len", "32", "--eval-every", "100", "--threads", "1",
+            "--set", "train.measure_memory=false", "--set", "model.overrides={hidden_size: 32, intermediate_size: 64, "
+            "num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 2}",
+            "--set", "prac.principal_update_interval=2", "--set", "prac.random_update_interval=2"]
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "aot_eager"])):
+        assert main(args + extra + ["--output-dir", str(tmp_path / name)]) == 0
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["train_loss"] for r in records if r["kind"] == "train"]
+    assert len(losses["eager"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-5)

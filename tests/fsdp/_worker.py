@@ -3,6 +3,7 @@
     --mode suite   every same-launch check; rank 0 writes a JSON of losses/ratios to --out
     --mode kill    train to --save-at, checkpoint, keep training, then SIGKILL itself mid-run
     --mode resume  load that checkpoint and train to the end; rank 0 writes the losses to --out
+    --mode compile eager vs per-block torch.compile (aot_eager) with PRAC; rank 0 writes both runs' losses
 
 The tests (test_fsdp_distributed.py) read the JSON files and assert; this file only measures.
 Every run uses one fixed global batch per step, split across ranks by rows, so a two-rank run
@@ -172,9 +173,25 @@ def resume(ckpt: Path, out: Path) -> None:
         out.write_text(json.dumps({"start": extra["step"], "losses": losses, "world_size": dist.get_world_size()}))
 
 
+# Refresh at steps 0, 2, 4 of 6; int8 storage (down_proj, nonlinear inputs) and 8-bit projected Z.
+COMPILE = PRACConfig(principal_update_interval=2, random_update_interval=2, nonlinear_principal_update_interval=2)
+COMPILE_STEPS = 6
+
+
+def compiled(out: Path) -> None:
+    import torch._dynamo
+
+    res = {"eager": fsdp_run(COMPILE, COMPILE_STEPS)[0]}
+    torch._dynamo.utils.counters.clear()
+    res["compiled"] = fsdp_run(COMPILE, COMPILE_STEPS, compile_backend="aot_eager")[0]
+    res["graph_breaks"] = sum(torch._dynamo.utils.counters["graph_break"].values())
+    if dist.get_rank() == 0:
+        out.write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("suite", "kill", "resume"), required=True)
+    parser.add_argument("--mode", choices=("suite", "kill", "resume", "compile"), required=True)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--ckpt", type=Path)
     args = parser.parse_args()
@@ -186,6 +203,8 @@ def main() -> None:
         suite(args.out)
     elif args.mode == "kill":
         kill(args.ckpt)
+    elif args.mode == "compile":
+        compiled(args.out)
     else:
         resume(args.ckpt, args.out)
     dist.destroy_process_group()

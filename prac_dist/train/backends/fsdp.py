@@ -37,12 +37,13 @@ class FSDPBackend(TrainBackend):
     mixed_precision: 'none' / 'fp32' (float32 throughout) or 'bf16' (bf16 params/compute, fp32 reduce).
     cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
     activation_checkpointing: recompute each decoder block in backward (non-reentrant).
+    compile_backend: torch.compile each decoder block with this backend before sharding it (None: eager).
     """
 
     name = "fsdp"
 
     def __init__(self, mixed_precision: str = "none", cpu_offload: bool = False,
-                 activation_checkpointing: bool = False):
+                 activation_checkpointing: bool = False, compile_backend: Optional[str] = None):
         if mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision={mixed_precision!r}: accepted is one of {sorted(MIXED_PRECISION)}")
         for field, value in (("cpu_offload", cpu_offload), ("activation_checkpointing", activation_checkpointing)):
@@ -51,6 +52,7 @@ class FSDPBackend(TrainBackend):
         self.mixed_precision = mixed_precision
         self.cpu_offload = cpu_offload
         self.activation_checkpointing = activation_checkpointing
+        self.compile_backend = compile_backend
         self._owns_process_group = False
         self._prac = False
 
@@ -64,7 +66,8 @@ class FSDPBackend(TrainBackend):
         # pin_memory needs CUDA; on a CPU-only job the offload policy keeps everything where it is.
         offload = CPUOffloadPolicy(pin_memory=self.device.type == "cuda") if self.cpu_offload else None
         self.model = parallelize(model, prac_config, mesh, mp_policy=MIXED_PRECISION[self.mixed_precision],
-                                 offload_policy=offload, activation_checkpointing=self.activation_checkpointing)
+                                 offload_policy=offload, activation_checkpointing=self.activation_checkpointing,
+                                 compile_backend=self.compile_backend)
         self._prac = prac_config is not None
         self._opt = opt
         # The single-process backend's optimizer and schedule, so --fsdp and local runs are comparable

@@ -25,7 +25,8 @@ __all__ = ["LocalBackend"]
 class LocalBackend(TrainBackend):
     name = "local"
 
-    def __init__(self, device: Optional[str] = None, precision: Optional[str] = None):
+    def __init__(self, device: Optional[str] = None, precision: Optional[str] = None,
+                 compile_backend: Optional[str] = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -34,6 +35,7 @@ class LocalBackend(TrainBackend):
         if precision is None:
             precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
+        self.compile_backend = compile_backend
         self.rank, self.world_size, self.local_rank = 0, 1, 0
         self._prac_handle = None
         self._micro = 0
@@ -46,6 +48,10 @@ class LocalBackend(TrainBackend):
         model = model.to(self.device)
         if prac_config is not None:
             model = prac_dist.apply_prac(model, prac_config)
+        if self.compile_backend is not None:  # per decoder block, as under FSDP2 (torchtitan's unit)
+            from prac_dist.fsdp.parallelize import compile_blocks, find_decoder_layers
+
+            compile_blocks(find_decoder_layers(model), self.compile_backend)
         self.model = model
         self.model.train()
         self.opt_spec = opt
