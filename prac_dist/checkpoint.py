@@ -27,13 +27,17 @@ from torch import nn
 from prac_dist.distributed import rank_world
 from prac_dist.validate import ConfigError
 
-__all__ = ["CheckpointError", "save_prac_state", "load_prac_state", "has_prac_state", "prac_state_path", "read_file"]
+__all__ = ["CheckpointError", "CorruptCheckpoint", "save_prac_state", "load_prac_state", "has_prac_state", "prac_state_path", "read_file"]
 
 _FORMAT = 1
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that is unreadable, incomplete, or does not fit this run; the message names the path."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A file of the checkpoint is missing, truncated or garbled: an older checkpoint may still be intact."""
 
 
 def prac_state_path(directory, rank: Optional[int] = None) -> str:
@@ -47,10 +51,10 @@ def read_file(path, weights_only: bool = True) -> Any:
     try:
         return torch.load(os.fspath(path), map_location="cpu", weights_only=weights_only)
     except FileNotFoundError:
-        raise CheckpointError(f"{os.fspath(path)}: missing (the checkpoint is incomplete)") from None
+        raise CorruptCheckpoint(f"{os.fspath(path)}: missing (the checkpoint is incomplete)") from None
     except Exception as exc:  # PytorchStreamReader, EOFError, UnpicklingError: all mean the same here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{os.fspath(path)}: unreadable ({type(exc).__name__}: {first[:160]})") from None
+        raise CorruptCheckpoint(f"{os.fspath(path)}: unreadable ({type(exc).__name__}: {first[:160]})") from None
 
 
 def save_prac_state(model: nn.Module, directory) -> str:
@@ -93,7 +97,7 @@ def load_prac_state(model: nn.Module, directory, strict: bool = True) -> bool:
         saved = _read_payload(first)["world_size"] if os.path.isfile(first) else None
         if saved != world:
             raise CheckpointError(_world_mismatch(directory, saved, world))
-        raise CheckpointError(f"{path}: missing (rank {rank} of {world}; the checkpoint is incomplete)")
+        raise CorruptCheckpoint(f"{path}: missing (rank {rank} of {world}; the checkpoint is incomplete)")
     payload = _read_payload(path)
     if payload["world_size"] != world:
         raise CheckpointError(_world_mismatch(directory, payload["world_size"], world))
@@ -104,7 +108,7 @@ def load_prac_state(model: nn.Module, directory, strict: bool = True) -> bool:
 def _read_payload(path: str) -> Dict[str, Any]:
     payload = read_file(path)
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT or "state" not in payload:
-        raise CheckpointError(f"{path}: not a prac_dist PRAC state file (format {_FORMAT} expected)")
+        raise CorruptCheckpoint(f"{path}: not a prac_dist PRAC state file (format {_FORMAT} expected)")
     return payload
 
 

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from prac_dist.checkpoint import CheckpointError, load_prac_state, read_file, save_prac_state
+from prac_dist.checkpoint import CheckpointError, CorruptCheckpoint, load_prac_state, read_file, save_prac_state
 from prac_dist.distributed import rank_world
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
@@ -76,7 +76,7 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
     rank, world = rank_world()
     trainer_file = path / "trainer.pt"
     if not trainer_file.is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete or missing: no trainer.pt "
+        raise CorruptCheckpoint(f"checkpoint {path} is incomplete or missing: no trainer.pt "
                               f"(save_checkpoint writes it last)")
     trainer = read_file(trainer_file, weights_only=False)
     if trainer["has_prac"] != is_prac_model(model):
@@ -92,7 +92,7 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
         dcp.load(state, checkpoint_id=str(path / "model_optim"))
     except Exception as exc:  # DCP wraps per-rank failures in CheckpointException: name the folder
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path / 'model_optim'}: unreadable ({type(exc).__name__}: {first[:160]})") from None
+        raise CorruptCheckpoint(f"{path / 'model_optim'}: unreadable ({type(exc).__name__}: {first[:160]})") from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"])
     if scheduler is not None and trainer["scheduler"] is not None:

@@ -117,8 +117,9 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
 
     torch.manual_seed(t.seed)
     step, tokens, elapsed = 0, 0, 0.0
-    if start_ckpt is not None:
-        extra, loop_state = ckpt.load_checkpoint(start_ckpt, backend)
+    resumed = ckpt.resume_checkpoint(ckpt_root, backend, log.warning) if start_ckpt is not None else None
+    if resumed is not None:
+        start_ckpt, extra, loop_state = resumed
         step, tokens, elapsed = extra["step"], extra["tokens"], extra["elapsed_s"]
         memory = extra["memory"]
         data.load_state_dict(loop_state["data"])

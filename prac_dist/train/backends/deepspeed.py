@@ -155,7 +155,7 @@ class DeepSpeedBackend(TrainBackend):
         self.model.save_checkpoint(str(path), tag=_TAG, client_state={"prac_train_extra": extra})
 
     def load(self, path: Path) -> Dict[str, Any]:
-        from prac_dist.checkpoint import has_prac_state
+        from prac_dist.checkpoint import CorruptCheckpoint, has_prac_state
 
         has_prac = has_prac_state(Path(path) / _TAG)
         if has_prac != self.prac:
@@ -163,7 +163,7 @@ class DeepSpeedBackend(TrainBackend):
                               f"is {'with' if self.prac else 'without'} it")
         load_path, client_state = self.model.load_checkpoint(str(path), tag=_TAG)
         if load_path is None:
-            raise ConfigError(f"--resume: no DeepSpeed checkpoint under {path}/{_TAG}")
+            raise CorruptCheckpoint(f"{path}/{_TAG}: no DeepSpeed checkpoint (the checkpoint is incomplete)")
         return client_state["prac_train_extra"]
 
     def close(self) -> None:
