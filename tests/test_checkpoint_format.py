@@ -100,3 +100,67 @@ def test_missing_state_without_prac_files_says_so(tmp_path, make_llama):
     with pytest.raises(CheckpointError, match="no PRAC state"):
         load_prac_state(model, tmp_path)
     assert load_prac_state(model, tmp_path, strict=False) is False
+
+
+def _two_rank_worker(rank, port, workdir, result_dir):
+    """One of 2 gloo ranks: train on this rank's own data, write through one route, read through the other."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      OMP_NUM_THREADS="1")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        def build():
+            torch.manual_seed(0)
+            return apply_prac(LlamaForCausalLM(LlamaConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=64)), _CFG)
+
+        model = build()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(100 + rank)  # each rank's own batches: its own Q1
+        for _ in range(2):
+            ids = torch.randint(0, 64, (2, 8), generator=gen)
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            step(model)
+        save_checkpoint(os.path.join(workdir, "fsdp"), model, opt)  # FSDP2's route writes ...
+        fresh = build()
+        load_prac_state(fresh, os.path.join(workdir, "fsdp"))  # ... DeepSpeed's route reads
+        save_prac_state(model, os.path.join(workdir, "ds"))  # DeepSpeed's route writes ...
+        other = build()
+        import shutil
+
+        if rank == 0:  # FSDP2's folder with the PRAC files DeepSpeed's route wrote
+            shutil.copytree(os.path.join(workdir, "fsdp"), os.path.join(workdir, "mixed"))
+            for r in range(2):
+                shutil.copy(os.path.join(workdir, "ds", f"prac_rank{r:05d}.pt"), os.path.join(workdir, "mixed"))
+        torch.distributed.barrier()
+        load_checkpoint(os.path.join(workdir, "mixed"), other, torch.optim.AdamW(other.parameters(), lr=1e-3))
+        torch.save({"saved": prac_state_dict(model), "ds_read": prac_state_dict(fresh),
+                    "fsdp_read": prac_state_dict(other)}, os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_read_their_own_state_through_either_engines_route(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_two_rank_worker, args=(port, str(tmp_path / "ckpt"), str(tmp_path)), nprocs=2)
+    runs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+    def q1s(sd):
+        return [c["q1"] for c in sd["compressors"].values() if c["q1"] is not None]
+
+    for run in runs:
+        for read in ("ds_read", "fsdp_read"):
+            assert all(torch.equal(a, b) for a, b in zip(q1s(run["saved"]), q1s(run[read]), strict=True)), read
+    # Each rank's bases came from its own data: rank 1 must not have been handed rank 0's state.
+    assert not all(torch.equal(a, b) for a, b in zip(q1s(runs[0]["saved"]), q1s(runs[1]["saved"])))
