@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
         raise ConfigError(f"--output-dir {out} already holds checkpoints: pass --resume to continue that run, "
                           f"or choose another --output-dir")
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    model = build_model(cfg.model, cfg.data.seq_len, t.seed)
+    backend = make_backend()
+    model = build_model(cfg.model, cfg.data.seq_len, t.seed, materialize=not backend.materializes_model)
     check_vocab(model, len(tokenizer), cfg.data.tokenizer)
     data = build_data(cfg.data, tokenizer, t.micro_batch_size, t.eval_batches, rank, world, t.seed)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -90,7 +91,6 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
              f"sequences of {cfg.data.seq_len} tokens, micro-batch {t.micro_batch_size} x {t.grad_accum} "
              f"accumulation x {world} ranks")
 
-    backend = make_backend()
     memory: Dict[str, Any] = {}
     sample = data.eval_batches()[0]
     if t.measure_memory and start_ckpt is None and backend.name == "local" and cfg.prac is not None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from prac_dist.planner.presets import PRESETS as _SHAPES
 from prac_dist.planner.presets import ModelShape, hf_config
+from prac_dist.train import meta_init
 from prac_dist.train.config import ConfigError, ModelConfig
 
 __all__ = ["PRESETS", "build_model", "check_vocab"]
@@ -25,20 +26,41 @@ __all__ = ["PRESETS", "build_model", "check_vocab"]
 PRESETS: Dict[str, ModelShape] = {name: s for name, s in _SHAPES.items() if s.family == "llama"}
 
 
-def build_model(cfg: ModelConfig, seq_len: int, seed: int) -> nn.Module:
-    """A float32 causal LM on CPU; the same seed gives the same initial weights (baseline vs PRAC)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+def build_model(cfg: ModelConfig, seq_len: int, seed: int, materialize: bool = True) -> nn.Module:
+    """A float32 causal LM on CPU; the same seed gives the same initial weights (baseline vs PRAC).
 
+    Presets are built with their parameters on the meta device and initialised per parameter
+    (prac_dist.train.meta_init): materialize=False returns them still on meta, for a backend that
+    shards first and then calls meta_init.materialize (each rank allocates its shard only); the
+    weights are the same bit for bit either way. Local models (model.name_or_path) are built by
+    Hugging Face as before, on CPU, whatever `materialize` says.
+    """
     torch.manual_seed(seed)
     if cfg.preset is not None:
-        if cfg.preset not in PRESETS:
-            raise ConfigError(f"model.preset={cfg.preset!r}: unknown preset; accepted are {sorted(PRESETS)}")
-        p = PRESETS[cfg.preset]
-        p = replace(p, vocab=cfg.vocab_size or p.vocab, max_positions=max(p.max_positions, seq_len))
-        llama_config = hf_config(p, cfg.attn_implementation, rms_norm_eps=1e-6, attention_dropout=0.0)
-        _apply_overrides(llama_config, cfg.overrides)
-        llama_config._attn_implementation = cfg.attn_implementation
-        return LlamaForCausalLM(llama_config)
+        return _build_preset(cfg, seq_len, seed, materialize)
+    return _build_local(cfg, seq_len)
+
+
+def _build_preset(cfg: ModelConfig, seq_len: int, seed: int, materialize: bool) -> nn.Module:
+    from transformers import LlamaForCausalLM
+
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"model.preset={cfg.preset!r}: unknown preset; accepted are {sorted(PRESETS)}")
+    p = PRESETS[cfg.preset]
+    p = replace(p, vocab=cfg.vocab_size or p.vocab, max_positions=max(p.max_positions, seq_len))
+    llama_config = hf_config(p, cfg.attn_implementation, rms_norm_eps=1e-6, attention_dropout=0.0)
+    _apply_overrides(llama_config, cfg.overrides)
+    llama_config._attn_implementation = cfg.attn_implementation
+    with meta_init.params_on_meta():
+        model = LlamaForCausalLM(llama_config)
+    meta_init.record_init(model, seed, std=llama_config.initializer_range)
+    if materialize:
+        meta_init.materialize(model, torch.device("cpu"))
+    return model
+
+
+def _build_local(cfg: ModelConfig, seq_len: int) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(cfg.name_or_path)
     if not (path / "config.json").is_file():

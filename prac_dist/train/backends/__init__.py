@@ -41,6 +41,9 @@ class TrainBackend(abc.ABC):
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     model: nn.Module
+    # True: setup() takes a preset model whose parameters are still on the meta device, shards it
+    # and materialises each rank's shard (prac_dist.train.meta_init); the loop then skips the CPU build.
+    materializes_model: bool = False
 
     @abc.abstractmethod
     def setup(self, model: nn.Module, prac_config: Optional[Any], opt: OptimizerSpec) -> None:

@@ -16,6 +16,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
 from prac_dist.fsdp.env import init_distributed
 from prac_dist.fsdp.parallelize import parallelize
+from prac_dist.train import meta_init
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
@@ -41,6 +42,7 @@ class FSDPBackend(TrainBackend):
     """
 
     name = "fsdp"
+    materializes_model = True
 
     def __init__(self, mixed_precision: str = "none", cpu_offload: bool = False,
                  activation_checkpointing: bool = False, compile_backend: Optional[str] = None):
@@ -61,13 +63,19 @@ class FSDPBackend(TrainBackend):
         env, self.device = init_distributed()
         self.rank, self.world_size, self.local_rank = env.rank, env.world_size, env.local_rank
         mesh = init_device_mesh(self.device.type, (self.world_size,))
-        # Every rank must shard the same weights: rank 0's initialisation wins (FSDP1's sync_module_states).
-        _broadcast_from_rank0(model, self.device)
+        on_meta = meta_init.has_meta_params(model)
+        if not on_meta:
+            # Every rank must shard the same weights: rank 0's initialisation wins (FSDP1's sync_module_states).
+            _broadcast_from_rank0(model, self.device)
         # pin_memory needs CUDA; on a CPU-only job the offload policy keeps everything where it is.
         offload = CPUOffloadPolicy(pin_memory=self.device.type == "cuda") if self.cpu_offload else None
         self.model = parallelize(model, prac_config, mesh, mp_policy=MIXED_PRECISION[self.mixed_precision],
                                  offload_policy=offload, activation_checkpointing=self.activation_checkpointing,
                                  compile_backend=self.compile_backend)
+        if on_meta:
+            # Sharded on meta: each rank now allocates and initialises its own shard only (offloaded
+            # shards live on the CPU), with the weights of the single-process build (meta_init).
+            meta_init.materialize(self.model, torch.device("cpu") if self.cpu_offload else self.device)
         self._prac = prac_config is not None
         self._opt = opt
         # The single-process backend's optimizer and schedule, so --fsdp and local runs are comparable
