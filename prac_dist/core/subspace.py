@@ -259,8 +259,11 @@ class Compressor:
             self.draws += 1
             self.random_due = False
         self._fwd_cache.clear()
-        self._back = None
         self._shared = None
+        # Built here, not lazily in q_back: a compiled forward then always finds a tensor (a None would
+        # be one more guard state, and so one more compile, of every PRAC linear's frame).
+        self._back = None
+        self.q_back(x2d.device)
 
     def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # Adaptive first: an r1 it once set to 0 must be re-chosen at the next refresh, not kept.
