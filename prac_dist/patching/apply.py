@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from prac_dist.ops.gelu import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACLayerNorm, PRACLinear, PRACRMSNorm, PRACSwiGLUMLP,
                                         is_conv1d, is_linear, linear_shape)
 from prac_dist.models.registry import ARCHITECTURES, Architecture
+from prac_dist.patching.lora import UnloadGuard
 from prac_dist.patching.watch import watch_forwards
-from prac_dist.patching.wrappers import base_layer, swap_site, unwrap, unwrap_chain
+from prac_dist.patching.wrappers import base_layer, is_peft_wrapper, keep_peft_layers, swap_site, unwrap, unwrap_chain
 from prac_dist.patching.discover import Discovery, Site, discover, group_name, replacement
 
 __all__ = ["apply_prac", "remove_prac", "step", "hook_optimizer", "prac_state_dict", "load_prac_state_dict",
@@ -188,7 +190,15 @@ def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACSt
     if cfg.fused_loss:
         state.fused_loss = _install_fused_loss(model)
     watch_forwards(state, model)
+    _guard_unload(list(unwrap_chain(wrapped))[:-1], state)
     return wrapped
+
+
+def _guard_unload(outer, state: PRACState) -> None:
+    """PEFT's merge_and_unload()/unload() on these wrappers take PRAC off first (patching/lora.py)."""
+    for module in outer:
+        if is_peft_wrapper(module) and hasattr(type(module), "merge_and_unload"):  # the tuner, not PeftModel
+            UnloadGuard.install(module, state.swaps, functools.partial(remove_prac, module), state.handles)
 
 
 def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targets: Optional[set]) -> None:
@@ -302,11 +312,18 @@ def _patch_nonlinear(model: nn.Module, arch: Architecture, cfg: PRACConfig, stat
 
 
 def get_prac_state(model: nn.Module) -> Optional[PRACState]:
-    """The PRAC state of a model, also through DeepSpeed / DDP wrappers (`.module`)."""
+    """The PRAC state of a model, also through DeepSpeed / DDP / PEFT wrappers.
+
+    A PEFT model wrapped around an already patched one (apply_prac before get_peft_model) gets its
+    merge_and_unload()/unload() guard here, at the first prac_dist call that sees it.
+    """
+    outer = []
     for module in unwrap_chain(model):
         state = module.__dict__.get(_STATE_ATTR)
         if state is not None:
+            _guard_unload(outer, state)
             return state
+        outer.append(module)
     return None
 
 
@@ -332,7 +349,9 @@ def remove_prac(model: nn.Module) -> nn.Module:
     for handle in reversed(state.handles):
         handle.remove()
     for parent, attr, original in reversed(state.swaps):
-        setattr(*swap_site(parent, attr), original)
+        site, name = swap_site(parent, attr)
+        keep_peft_layers(getattr(site, name), original)
+        setattr(site, name, original)
     del owner.__dict__[_STATE_ATTR]
     return model
 

@@ -5,10 +5,12 @@
 - PEFT keeps it two levels down: `PeftModel.base_model` (a tuner such as `LoraModel`)
   `.model` (the Hugging Face model). apply_prac works on that inner model, whichever
   order the user chose, so the PRAC state, the fused loss and the forward hook all live
-  on it, and PEFT's `merge_and_unload()` (which returns it) hands the state back too.
+  on it. PEFT's `merge_and_unload()` / `unload()` take PRAC off first (patching/lora.py).
 - A PEFT tuner layer (`lora.Linear`) wraps the original linear at `.base_layer`
   (possibly several deep). PRAC swaps the innermost one; the swap is recorded at the
   outer name (`self_attn.q_proj`), so undoing it finds the PRAC module wherever PEFT put it.
+  PRAC's MLP module keeps the original MLP's linears as its children; LoRA layers PEFT put there
+  after apply_prac move to the original MLP when remove_prac puts it back (keep_peft_layers).
 
 Duck-typed: nothing here imports peft.
 """
@@ -19,7 +21,7 @@ from typing import Iterator, Tuple
 
 from torch import nn
 
-__all__ = ["unwrap_chain", "unwrap", "base_layer", "swap_site", "is_peft_wrapper"]
+__all__ = ["unwrap_chain", "unwrap", "base_layer", "swap_site", "is_peft_wrapper", "keep_peft_layers"]
 
 _MAX_DEPTH = 8  # engine(DDP(PeftModel(LoraModel(model)))) is 4; more means a cycle
 
@@ -70,3 +72,22 @@ def swap_site(parent: nn.Module, attr: str) -> Tuple[nn.Module, str]:
             return parent, attr
         parent, attr = child, "base_layer"
     return parent, attr
+
+
+def _wraps(outer: nn.Module, inner: nn.Module) -> bool:
+    for _ in range(_MAX_DEPTH):
+        outer = outer.__dict__["_modules"].get("base_layer")
+        if outer is None:
+            return False
+        if outer is inner:
+            return True
+    return False
+
+
+def keep_peft_layers(patched: nn.Module, original: nn.Module) -> None:
+    """Before `original` goes back in place of the PRAC module `patched` (which holds its children under
+    the same names): PEFT layers wrapped around those children after apply_prac move to `original`."""
+    for name, child in patched.__dict__["_modules"].items():
+        kept = original.__dict__["_modules"].get(name)
+        if kept is not None and child is not kept and _wraps(child, kept):
+            setattr(original, name, child)

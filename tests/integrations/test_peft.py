@@ -76,7 +76,9 @@ def test_lora_gradients_exact_at_full_rank_gpt2_and_merge(make_gpt2, order):
     got_loss, got = loss_and_grads(model, x)
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-6, atol=1e-6)
     assert_same_grads(got, want)
-    merged = remove_prac(model.merge_and_unload())
+    assert is_prac_model(model)  # "before": a prac_dist call on the PeftModel installs the merge guard
+    merged = model.merge_and_unload()
+    assert_no_prac(merged)
     merged_ref = ref.merge_and_unload()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=x).logits, merged_ref(input_ids=x).logits, rtol=1e-5, atol=1e-5)
@@ -102,25 +104,57 @@ def test_shared_bases_fused_loss_and_see_through(make_llama, order):
     assert prac_dist.prac_state_dict(model)["step"] == 2
 
 
+def assert_no_prac(model):
+    assert not is_prac_model(model)
+    assert [type(m).__name__ for m in model.modules() if type(m).__module__.startswith("prac_dist")] == []
+    assert not any("forward" in vars(m) for m in model.modules())  # no LoRAInputForward left on lora_A
+    assert not any(k.startswith("_prac") for m in model.modules() for k in vars(m))  # no state, no fused loss
+    assert not model._forward_pre_hooks  # the training-forward watch
+
+
 @pytest.mark.parametrize("order", ["after", "before"])
-def test_merge_and_unload_then_remove_leaves_no_prac(make_llama, order):
+@pytest.mark.parametrize("how", ["merge_and_unload", "unload"])
+def test_merge_and_unload_leaves_no_prac(make_llama, order, how):
+    """PEFT's own merge of the same adapters, and no PRAC module or state in the model it returns."""
     base, x = make_llama(), torch.randint(0, 128, (2, 16))
     model = peft_model(base, LLAMA_TARGETS, PRACConfig(), order)
-    loss_and_grads(model, x)  # one training forward + backward first
-    merged = model.merge_and_unload()
-    assert is_prac_model(merged)  # the state travels with the model PEFT returns: training can go on
-    remove_prac(merged)
-    left = [type(m).__name__ for m in merged.modules() if type(m).__module__.startswith("prac_dist")]
-    assert left == []
-    assert not any("forward" in vars(m) for m in merged.modules())
-    want = peft_model(base, LLAMA_TARGETS).merge_and_unload()
+    ref = peft_model(base, LLAMA_TARGETS)
+    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (model, ref)]
+    hook_optimizer(optimizers[0], model)  # "before": the first prac_dist call that sees the PeftModel
+    for m, optimizer in zip((model, ref), optimizers):  # one step of training; PRAC's dA differs slightly
+        loss_and_grads(m, x)
+        optimizer.step()
+    with torch.no_grad():  # make the reference's adapters PRAC's trained ones: the merge is what is compared
+        for (name, p), (ref_name, q) in zip(model.named_parameters(), ref.named_parameters()):
+            assert name == ref_name
+            q.copy_(p)
+    tuner = model.base_model
+    merged = getattr(model, how)()
+    assert_no_prac(merged)
+    assert not any(k in vars(tuner) for k in ("merge_and_unload", "unload"))  # the guard went with PRAC
+    want = getattr(ref, how)()
+    assert {k: v for k, v in merged.state_dict().items()}.keys() == want.state_dict().keys()
+    for name, value in want.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], value, rtol=0, atol=0)  # same adds, same order
     with torch.no_grad():
-        torch.testing.assert_close(merged(input_ids=x).logits, want(input_ids=x).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(merged(input_ids=x).logits, want(input_ids=x).logits, rtol=0, atol=0)
 
 
-def test_remove_prac_gives_back_the_plain_peft_model(make_llama):
+def test_merge_without_any_prac_call_after_peft(make_gpt2):
+    """apply_prac after get_peft_model installs the guard itself: no forward or other call needed."""
+    base, x = make_gpt2(), torch.randint(0, 128, (2, 16))
+    merged = peft_model(base, ["c_attn", "c_fc"], PRACConfig()).merge_and_unload()
+    assert_no_prac(merged)
+    want = peft_model(base, ["c_attn", "c_fc"]).merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=x).logits, want(input_ids=x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("order", ["after", "before"])
+def test_remove_prac_gives_back_the_plain_peft_model(make_llama, order):
+    """"before": PEFT wrapped the linears inside PRAC's MLP module; the original MLP gets those LoRA layers."""
     base = make_llama()
-    model = peft_model(base, LLAMA_TARGETS, PRACConfig())
+    model = peft_model(base, LLAMA_TARGETS, PRACConfig(), order)
     remove_prac(model)
     assert not is_prac_model(model)
     assert not any(type(m).__module__.startswith("prac_dist") for m in model.modules())
