@@ -103,7 +103,7 @@ def parallelize(
     #    block wrapped in an OptimizedModule, so parameter names (and checkpoints) stay those of an
     #    eager run, and FSDP2's unshard/reshard hooks run outside the compiled graph.
     if compile_backend is not None:
-        compile_blocks(layers, compile_backend)
+        compile_blocks(model, compile_backend, layers)
 
     # 4. One FSDP unit per decoder block, bottom-up: only one block's full weights exist at a time
     #    (all-gather in forward, free after). The last block is not resharded after forward:
@@ -117,12 +117,19 @@ def parallelize(
     return model
 
 
-def compile_blocks(layers: nn.ModuleList, backend: str) -> None:
-    """torch.compile each decoder block's forward in place (PRAC's refreshes and compression stay eager)."""
+def compile_blocks(model: nn.Module, backend: str, layers: Optional[nn.ModuleList] = None) -> None:
+    """torch.compile each decoder block's forward in place (PRAC's refreshes and compression stay eager).
+
+    Also turns off the Hugging Face KV cache (`config.use_cache`): training never reads it, and the
+    DynamicCache's per-layer state is a Dynamo guard, so every block compiled once more (10 layers:
+    Dynamo's limit of 8 compiles per function hit, the rest of the blocks' cache code ran eagerly).
+    """
     if not isinstance(backend, str) or not backend:
         raise ValueError(f"compile backend={backend!r}: accepted is a torch.compile backend name such as "
                          f"'inductor' or 'aot_eager'")
-    for block in layers:
+    if getattr(getattr(model, "config", None), "use_cache", None):
+        model.config.use_cache = False
+    for block in layers if layers is not None else find_decoder_layers(model):
         block.forward = torch.compile(block.forward, backend=backend)
 
 

@@ -123,3 +123,17 @@ def test_graph_breaks_per_decoder_block(make_llama):
         e = breaks(config)
         assert 0 < e.graph_break_count <= measured
         assert all("Compressor." in b.reason for b in e.break_reasons), [b.reason for b in e.break_reasons]
+
+
+def test_compile_blocks_compiles_each_block_and_drops_the_kv_cache(make_llama):
+    from prac_dist.fsdp import compile_blocks
+
+    model = make_llama(layers=2)
+    names = [n for n, _ in model.named_parameters()]
+    with pytest.raises(ValueError, match="compile backend=''"):
+        compile_blocks(model, "")
+    compile_blocks(model, "aot_eager")
+    # A per-layer KV-cache guard would compile every block once more (past Dynamo's limit of 8 at 10 layers).
+    assert model.config.use_cache is False
+    assert all("forward" in vars(block) for block in model.model.layers)
+    assert [n for n, _ in model.named_parameters()] == names  # checkpoints keep eager names

@@ -49,9 +49,9 @@ class LocalBackend(TrainBackend):
         if prac_config is not None:
             model = prac_dist.apply_prac(model, prac_config)
         if self.compile_backend is not None:  # per decoder block, as under FSDP2 (torchtitan's unit)
-            from prac_dist.fsdp.parallelize import compile_blocks, find_decoder_layers
+            from prac_dist.fsdp.parallelize import compile_blocks
 
-            compile_blocks(find_decoder_layers(model), self.compile_backend)
+            compile_blocks(model, self.compile_backend)
         self.model = model
         self.model.train()
         self.opt_spec = opt
