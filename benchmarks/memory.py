@@ -15,12 +15,14 @@ import argparse
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
+from prac_dist.planner.presets import hf_config
 from prac_dist.train.models import PRESETS
 
 from _bench_env import write_result  # noqa: E402
@@ -35,28 +37,24 @@ SETTINGS = {
 
 
 def build(name: str, layers: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    p = PRESETS[name]
-    cfg = LlamaConfig(hidden_size=p.hidden_size, num_hidden_layers=layers,
-                      num_attention_heads=p.num_attention_heads, num_key_value_heads=p.num_attention_heads,
-                      intermediate_size=p.intermediate_size, vocab_size=p.vocab_size, attn_implementation="sdpa")
     torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).to(torch.bfloat16)
+    return LlamaForCausalLM(hf_config(replace(PRESETS[name], layers=layers))).to(torch.bfloat16)
 
 
 def measure(name: str, batch: int, seq: int, layers: int = 0) -> dict:
     p = PRESETS[name]
-    layers = layers or p.num_hidden_layers
+    layers = layers or p.layers
     base = build(name, layers)
-    x = torch.randint(0, p.vocab_size, (batch, seq))
-    out = {"shape": {"hidden": p.hidden_size, "layers": p.num_hidden_layers, "ffn": p.intermediate_size,
-                     "heads": p.num_attention_heads}, "layers_measured": layers, "settings": {}}
+    x = torch.randint(0, p.vocab, (batch, seq))
+    out = {"shape": {"hidden": p.hidden, "layers": p.layers, "ffn": p.ffn, "heads": p.heads},
+           "layers_measured": layers, "settings": {}}
     for setting, cfg in SETTINGS.items():
         model = base if cfg is None else apply_prac(copy.deepcopy(base), cfg)
         t0 = time.perf_counter()
         report = measure_saved_bytes(lambda: model(input_ids=x).logits, model, scope=list(model.model.layers))
-        units = report.total_bytes / (batch * seq * layers * 2 * p.hidden_size)
+        units = report.total_bytes / (batch * seq * layers * 2 * p.hidden)
         out["settings"][setting] = {"total_bytes": report.total_bytes, "by_module_type": report.by_module_type,
                                     "units_per_token_layer": units, "seconds": time.perf_counter() - t0}
         del model
