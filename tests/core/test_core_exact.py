@@ -163,6 +163,7 @@ def test_random_subspaces_differ_across_ranks(make_llama, monkeypatch):
 
     def q2_for(rank, per_rank):
         monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")  # a launcher sets both (prac_dist.distributed reads them as a pair)
         model = apply_prac(make_llama(), PRACConfig(per_rank_random=per_rank, fused_loss=False))
         model(input_ids=x, labels=x).loss.backward()
         return prac_state_dict(model)["compressors"]["model.layers.0.self_attn.q_proj+k_proj+v_proj"]
