@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Tuple
+from typing import Any, Literal, Mapping, Optional, Tuple, Union
 
 from prac_dist.validate import ConfigError, build, check_fields
 
@@ -55,8 +55,12 @@ class PRACConfig:
     """'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'."""
     principal_solver: Literal["exact", "randomized"] = "exact"
     """'exact' (eigendecomposition of XᵀX in float32) or 'randomized' (subspace iteration warm-started from Q1)."""
-    fused_loss: bool = True
-    """Install a chunked linear + cross-entropy head on causal LMs so the logits are never saved."""
+    fused_loss: Union[bool, Literal["auto", "store", "recompute"]] = True
+    """Install a chunked linear + cross-entropy head on causal LMs so the logits are never saved, and how it
+    gets its gradients: 'store' (computed in forward, kept until backward: the head's 3 matmuls), 'recompute'
+    (logits recomputed in backward: 4 matmuls, keeps only the hidden states + logsumexp), 'auto' (store when
+    its dX + float32 dW are at most the float32 logits, prac_dist.loss.store_fits). true = 'auto' (configs
+    written before the modes existed); false = HF's own head."""
     adaptive_rank: Literal["off", "min_variance", "energy", "global"] = "off"
     """'off': fixed r1, r2. 'min_variance': at each principal refresh choose r1 per layer (r1 + r2 fixed,
     so stored bytes are those of the ratios) minimising PRAC's variance bound (c - 1)‖X - XQ1Q1ᵀ‖²
@@ -139,6 +143,13 @@ class PRACConfig:
         if out["target_modules"] is not None:
             out["target_modules"] = list(out["target_modules"])
         return out
+
+    @property
+    def fused_loss_backward(self) -> Optional[str]:
+        """The installed head's `backward=` mode, None when fused_loss is off (true means 'auto')."""
+        if self.fused_loss is False:
+            return None
+        return "auto" if self.fused_loss is True else self.fused_loss
 
     def ranks(self, n: int, nonlinear: bool = False) -> Tuple[int, int]:
         """(r1, r2) for a layer of input width n."""

@@ -32,7 +32,7 @@ from torch import nn
 
 from prac_dist.models.registry import ARCHITECTURES
 
-from .linear_cross_entropy import linear_cross_entropy
+from .linear_cross_entropy import check_backward, linear_cross_entropy
 
 __all__ = ["install_fused_loss", "uninstall_fused_loss", "is_fused_loss_installed"]
 
@@ -45,9 +45,10 @@ _ATTR = "_prac_fused_loss"
 class _FusedHead:
     """Per-model state shared by the hooks, the head's forward and the loss pass-through."""
 
-    def __init__(self, model: nn.Module, head: nn.Linear, chunk_size: Optional[int]):
+    def __init__(self, model: nn.Module, head: nn.Linear, chunk_size: Optional[int], backward: str):
         self.head = head
         self.chunk_size = chunk_size
+        self.backward = backward
         self.signature = inspect.signature(type(model).forward)
         self.pending: Optional[Dict[str, Any]] = None
         self.loss: Optional[torch.Tensor] = None
@@ -93,6 +94,7 @@ class _FusedHead:
             ignore_index=ignore_index,
             num_items_in_batch=pending["num_items_in_batch"],
             chunk_size=self.chunk_size,
+            backward=self.backward,
         )
         self.fused = True
         return self.loss
@@ -138,23 +140,28 @@ def _find_head(model: nn.Module) -> Optional[nn.Linear]:
     return head
 
 
-def install_fused_loss(model: nn.Module, chunk_size: Optional[int] = None) -> bool:
+def install_fused_loss(model: nn.Module, chunk_size: Optional[int] = None, backward: str = "auto") -> bool:
     """Make `model(..., labels=...)` compute its loss with the chunked linear + cross-entropy.
 
     Returns True when installed (or already installed), False when not applicable
     (not a registered causal LM with `fused_loss` (prac_dist.models.registry) or a subclass;
     head not an nn.Linear; a custom loss function).
     The loss equals HF's to float32 rounding; on a fused call `out.logits` is None.
+    backward: 'auto', 'store' or 'recompute' (see `linear_cross_entropy`); installing again on an
+    installed model sets the new chunk_size and backward.
     Call before `deepspeed.initialize` / `fully_shard`, like `apply_prac`.
     """
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"chunk_size={chunk_size!r}: accepted is None or an integer >= 1")
-    if getattr(model, _ATTR, None) is not None:
+    check_backward(backward)
+    installed = getattr(model, _ATTR, None)
+    if installed is not None:
+        installed.chunk_size, installed.backward = chunk_size, backward
         return True
     head = _find_head(model)
     if head is None:
         return False
-    state = _FusedHead(model, head, chunk_size)
+    state = _FusedHead(model, head, chunk_size, backward)
     head.forward = types.MethodType(lambda _self, hidden: state.head_forward(hidden), head)
     model.loss_function = state.loss_function  # PreTrainedModel's setter stores it as _loss_function
     state.handles = [

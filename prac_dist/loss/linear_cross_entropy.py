@@ -43,14 +43,19 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["linear_cross_entropy", "auto_chunk_size", "store_fits"]
+__all__ = ["linear_cross_entropy", "auto_chunk_size", "store_fits", "check_backward", "BACKWARDS"]
 
-_BACKWARDS = ("auto", "recompute", "store")
+BACKWARDS = ("auto", "recompute", "store")
 
 # Chunk logits are at most this many float32 bytes (64 MiB = 524 rows at a
 # 32000 vocabulary, 128 rows at 128256): small next to the N x V x 4 bytes it
 # replaces, large enough that each chunk's matmul (rows x d x V) stays efficient.
 _CHUNK_BYTES = 64 * 2**20
+
+
+def check_backward(backward: str) -> None:
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward={backward!r}: accepted is one of {list(BACKWARDS)}")
 
 
 def auto_chunk_size(num_tokens: int, vocab_size: int) -> int:
@@ -222,8 +227,7 @@ def linear_cross_entropy(
     'store' (gradients computed in forward: 3 matmuls, saves dX + float32 dW [+ db]) or 'auto'
     ('store' when `store_fits`, see the module docstring). Without grad, neither stores anything.
     """
-    if backward not in _BACKWARDS:
-        raise ValueError(f"backward={backward!r}: accepted is one of {list(_BACKWARDS)}")
+    check_backward(backward)
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction={reduction!r}: accepted is 'mean' or 'sum'")
     if weight.dim() != 2:

@@ -187,8 +187,8 @@ def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACSt
     rank = rank_world()[0]  # Q2 draws and int8 roundings are seeded per data-parallel rank
     for comp in state.compressors.values():
         comp.dp_rank = rank
-    if cfg.fused_loss:
-        state.fused_loss = _install_fused_loss(model)
+    if cfg.fused_loss_backward is not None:
+        state.fused_loss = _install_fused_loss(model, cfg.fused_loss_backward)
     watch_forwards(state, model)
     _guard_unload(list(unwrap_chain(wrapped))[:-1], state)
     return wrapped
@@ -272,12 +272,12 @@ def _collapse(names) -> str:
     return "; ".join(f"{p} (x{len(n)})" if len(n) > 1 else n[0] for p, n in by_pattern.items())
 
 
-def _install_fused_loss(model: nn.Module) -> bool:
+def _install_fused_loss(model: nn.Module, backward: str) -> bool:
     try:
         from prac_dist.loss import install_fused_loss
     except ImportError:  # pragma: no cover - the loss package ships with prac_dist
         return False
-    return bool(install_fused_loss(model))
+    return bool(install_fused_loss(model, backward=backward))
 
 
 def _patch_nonlinear(model: nn.Module, arch: Architecture, cfg: PRACConfig, state: PRACState) -> None:

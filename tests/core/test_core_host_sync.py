@@ -56,9 +56,12 @@ def _to_cpu(t, args, kwargs):
     PRACConfig(principal_update_interval=3, random_update_interval=3),
     PRACConfig.lean(principal_update_interval=3, random_update_interval=3),
     PRACConfig.paper(principal_update_interval=3, random_update_interval=3, nonlinear_principal_update_interval=3),
-], ids=["defaults", "lean", "paper"])
+    # The installed fused head in each mode (at this shape 'auto' = the defaults picks 'recompute').
+    PRACConfig(principal_update_interval=3, random_update_interval=3, fused_loss="store"),
+], ids=["defaults", "lean", "paper", "fused_store"])
 def test_training_step_reads_nothing_back(cfg, make_llama):
     model = apply_prac(make_llama(), cfg)
+    assert model._prac_state.fused_loss  # the step runs through the installed fused head
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     hook_optimizer(opt, model)
     ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))

@@ -181,3 +181,35 @@ def test_not_applicable_returns_false():
     assert install_fused_loss(custom) is False
     with pytest.raises(ValueError, match="chunk_size=0"):
         install_fused_loss(_llama(), chunk_size=0)
+
+
+@pytest.mark.parametrize("via", ["install_fused_loss", "PRACConfig"])
+def test_backward_mode_reaches_the_installed_head(via):
+    # Exact FLOP count of one training step: 'recompute' runs one more head matmul (2·N·d·V) than
+    # 'store', everything else identical; same loss and gradients to float32 rounding.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from prac_dist import PRACConfig, apply_prac
+
+    x, labels = _batch()
+    flops, results = {}, {}
+    for mode in ("store", "recompute"):
+        torch.manual_seed(0)
+        model = _llama()
+        if via == "install_fused_loss":
+            assert install_fused_loss(model, backward=mode)
+        else:
+            apply_prac(model, PRACConfig(fused_loss=mode))
+        with FlopCounterMode(display=False) as counter:
+            results[mode] = _loss_and_grads(model, input_ids=x, labels=labels)
+        flops[mode] = counter.get_total_flops()
+    assert flops["recompute"] - flops["store"] == 2 * x.numel() * _COMMON["hidden_size"] * VOCAB
+    (out_s, g_s), (out_r, g_r) = results["store"], results["recompute"]
+    torch.testing.assert_close(out_s.loss, out_r.loss, rtol=2e-6, atol=2e-6)
+    for n in g_r:
+        torch.testing.assert_close(g_s[n], g_r[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_unknown_backward_mode_is_an_error():
+    with pytest.raises(ValueError, match=r"backward='stored'.*'auto', 'recompute', 'store'"):
+        install_fused_loss(_llama(), backward="stored")
