@@ -45,8 +45,12 @@ def _storage_key(t: torch.Tensor):
 
 
 def _resident_storages(model: nn.Module) -> set:
-    """Storages of parameters and buffers (they live anyway), local shards included."""
-    keys = set()
+    """Storages of parameters, buffers and PRAC's bases (they live anyway), local shards included.
+
+    The PRAC linear saves its float32 basis [Q1 | Q2] for backward: that is the compressor's own cached
+    tensor (n x r per group, independent of the batch), not a new activation.
+    """
+    keys = _basis_storages(model)
     for t in list(model.parameters()) + list(model.buffers()):
         local = t.to_local() if hasattr(t, "to_local") else t  # FSDP2 DTensor -> this rank's shard
         try:
@@ -54,6 +58,14 @@ def _resident_storages(model: nn.Module) -> set:
         except RuntimeError:  # resharded-out storage (FSDP2 / ZeRO-3): nothing to skip
             continue
     return keys
+
+
+def _basis_storages(model: nn.Module) -> set:
+    """Storages of PRAC's current bases (read by name: memory/ sits below patching/)."""
+    state = model.__dict__.get("_prac_state")
+    bases = [t for c in (state.compressors.values() if state is not None else ())
+             for t in (getattr(c, "_back", None), c.q1, c.q2) if t is not None]
+    return {_storage_key(t)[0] for t in bases}
 
 
 def measure_saved_bytes(run: Callable[[], Any], model: nn.Module,
@@ -90,7 +102,7 @@ def measure_saved_bytes(run: Callable[[], Any], model: nn.Module,
             key, nbytes = _storage_key(t)
         except RuntimeError:  # a storage freed by FSDP2/ZeRO-3 resharding holds no bytes
             return t
-        if key in skip or key in seen:
+        if key in skip or key in seen or key in _basis_storages(model):  # incl. a basis refreshed in this forward
             return t
         seen.add(key)
         owner = type(stack[-1]).__name__ if stack else "(outside modules)"

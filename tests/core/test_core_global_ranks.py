@@ -61,13 +61,10 @@ def test_global_moves_budgets_keeps_total_and_bytes(make_llama):
     for c in moved._prac_state.compressors.values():
         assert c.r1 + c.r2 == c.budget and c.r2 >= 1 and c.q1.shape[1] + c.q2.shape[1] == c.budget
         assert not c.principal_due and c.curve is None
-    # Same coordinates stored per token in total: the same activation bytes saved for backward. The linear
-    # also saves its float32 basis [Q1 | Q2] (n x r, once per group, independent of the tokens), whose
-    # size moves with the budgets: that difference is exactly Σ 4·n·(r_moved - r_fixed).
+    # Same coordinates stored per token in total: the same bytes saved for backward (the saved float32 basis
+    # is the compressor's resident tensor, which the accounting skips like a parameter).
     run = lambda m: lambda: m(input_ids=x, labels=x).loss  # noqa: E731
-    basis = sum(4 * c.n * (after[k] - before[k]) for k, c in moved._prac_state.compressors.items())
-    got = measure_saved_bytes(run(moved), moved).total_bytes - measure_saved_bytes(run(fixed), fixed).total_bytes
-    assert got == basis
+    assert measure_saved_bytes(run(moved), moved).total_bytes == measure_saved_bytes(run(fixed), fixed).total_bytes
 
 
 def test_global_budgets_survive_a_checkpoint(make_llama):
