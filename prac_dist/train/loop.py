@@ -232,8 +232,11 @@ def _eval_record(step: int, val_loss: float, model, cfg: TrainConfig) -> Dict[st
     record = {"step": step, "kind": "eval", "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
     if cfg.prac is not None:
         import prac_dist
+        from prac_dist.patching import nonfinite_refreshes
 
         record["prac_stats"] = {k: _plain(v) for k, v in prac_dist.prac_stats(model).items()}
+        # Refreshes that met inf/nan kept their previous basis: read here, at eval, never on the hot path.
+        record["prac_nonfinite_refreshes"] = nonfinite_refreshes(model)
     return record
 
 

@@ -45,6 +45,7 @@ def test_short_run_writes_metrics_checkpoint_and_report(tmp_path, corpus, capsys
     evals = [r for r in recs if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [2, 3] and evals[-1]["prac_stats"]
     assert all(0 < v <= 1 for v in evals[-1]["prac_stats"].values())
+    assert evals[-1]["prac_nonfinite_refreshes"] == 0  # clean data: every refresh took a new basis
     # The subspace schedule advanced once per optimizer step, not per micro-batch.
     state = torch.load(out / "checkpoints" / "step_0000003" / "local.pt", weights_only=False)
     assert state["prac"]["step"] == 3
