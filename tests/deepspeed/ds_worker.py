@@ -235,9 +235,32 @@ def scenario_bad_section(out: dict) -> None:
         out["bad_section"] = str(exc)
 
 
+def scenario_head_modes(out: dict) -> None:
+    """ZeRO-3 with the fused head forced to 'store' vs 'recompute' (auto picks recompute at this shape: 64
+    tokens, d 64, V 512): step 0's full gradient of every parameter, then 4 steps' losses."""
+    runs = {}
+    for mode in ("store", "recompute"):
+        engine = make_engine(ds_config(3, prac={**FULL_RANK, "fused_loss": mode}))
+        x = batch(rank(), 0, 0)
+        loss = engine(input_ids=x, labels=x).loss
+        engine.backward(loss)
+        grads = {n: deepspeed.utils.safe_get_full_grad(p).detach().clone()  # collective: every rank calls it
+                 for n, p in engine.module.named_parameters()}
+        engine.step()
+        losses = [mean_over_ranks(float(loss.detach()))] + run_steps(engine, 3, start=1)
+        runs[mode] = {"installed": engine.module._prac_fused_loss.backward, "losses": losses, "grads": grads}
+    store, recompute = runs["store"], runs["recompute"]
+    out["head_modes"] = {
+        "installed": [store["installed"], recompute["installed"]],
+        "losses": {"store": store["losses"], "recompute": recompute["losses"]},
+        "grad_rel_err": {n: float((store["grads"][n] - g).norm() / g.norm()) for n, g in recompute["grads"].items()},
+    }
+
+
 SCENARIOS = {"exact": scenario_exact, "converge": scenario_converge, "subspaces": scenario_subspaces,
              "resume": scenario_resume, "offload": scenario_offload, "bf16": scenario_bf16,
              "bad_section": scenario_bad_section}
+ON_REQUEST = {"head_modes": scenario_head_modes}  # run only when named (its own test, own launch)
 
 
 def main() -> int:
@@ -254,7 +277,7 @@ def main() -> int:
                 if name == "resume":
                     scenario_resume(out, shared[0])
                 else:
-                    SCENARIOS[name](out)
+                    {**SCENARIOS, **ON_REQUEST}[name](out)
             except Exception:  # recorded for the test to show; the other scenarios still run
                 out[f"{name}_error"] = traceback.format_exc()
             out.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
