@@ -4,6 +4,7 @@
     --mode kill    train to --save-at, checkpoint, keep training, then SIGKILL itself mid-run
     --mode resume  load that checkpoint and train to the end; rank 0 writes the losses to --out
     --mode compile eager vs per-block torch.compile (aot_eager) with PRAC; rank 0 writes both runs' losses
+    --mode head    the fused head forced to 'store' vs 'recompute': step-0 gradients and 4 steps' losses
 
 The tests (test_fsdp_distributed.py) read the JSON files and assert; this file only measures.
 Every run uses one fixed global batch per step, split across ranks by rows, so a two-rank run
@@ -13,6 +14,7 @@ sees exactly the single-process batch and FSDP2's rank average equals the full-b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -187,9 +189,33 @@ def compiled(out: Path) -> None:
         out.write_text(json.dumps(res, indent=1))
 
 
+def head_modes(out: Path) -> None:
+    """FULL_RANK PRAC with fused_loss 'store' vs 'recompute' (auto picks recompute here: 128 tokens per rank,
+    d 64, V 512): every parameter's full step-0 gradient, then 4 steps' losses."""
+    runs = {}
+    for mode in ("store", "recompute"):
+        cfg = dataclasses.replace(FULL_RANK, fused_loss=mode)
+        backend = FSDPBackend()
+        backend.setup(tiny_llama(), cfg, opt_spec(4))
+        x = local_rows(global_batch(0)).to(backend.device)
+        loss = backend.model(input_ids=x, labels=x).loss
+        backend.backward(loss)
+        grads = {n: p.grad.full_tensor() for n, p in backend.model.named_parameters()}  # collective
+        backend.step()
+        losses = [backend.all_reduce_mean(float(loss.detach()))] + fsdp_run(cfg, 4, start=1, backend=backend)[0]
+        runs[mode] = {"installed": backend.model._prac_fused_loss.backward, "losses": losses, "grads": grads}
+    store, recompute = runs["store"], runs["recompute"]
+    if dist.get_rank() == 0:
+        out.write_text(json.dumps({
+            "installed": [store["installed"], recompute["installed"]],
+            "losses": {"store": store["losses"], "recompute": recompute["losses"]},
+            "grad_rel_err": {n: float((store["grads"][n] - g).norm() / g.norm()) for n, g in recompute["grads"].items()},
+        }, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", choices=("suite", "kill", "resume", "compile"), required=True)
+    parser.add_argument("--mode", choices=("suite", "kill", "resume", "compile", "head"), required=True)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--ckpt", type=Path)
     args = parser.parse_args()
@@ -203,6 +229,8 @@ def main() -> None:
         kill(args.ckpt)
     elif args.mode == "compile":
         compiled(args.out)
+    elif args.mode == "head":
+        head_modes(args.out)
     else:
         resume(args.ckpt, args.out)
     dist.destroy_process_group()

@@ -200,3 +200,22 @@ def test_per_block_compile_matches_eager(tmp_path):
     for i, (c, e) in enumerate(zip(res["compiled"], res["eager"])):
         assert _rel(c, e) < 1e-5, (i, res)
     assert res["eager"][-1] < res["eager"][0]
+
+
+def test_store_head_matches_recompute(tmp_path):
+    # The fused head forced to 'store' (dX and a float32 dW computed in forward, the Function keeps no
+    # FSDP2 Parameter) vs 'recompute' (re-gathers the weight in backward): the same float32 arithmetic in
+    # another order. Gradients agree to float32 rounding; 1e-5 relative is far below a wrong scale or a
+    # missing term (>= 1e-2). Losses to the 1e-5 relative bar of the exactness tests above.
+    out = tmp_path / "head.json"
+    cmd = TORCHRUN + ["--nproc_per_node", "2", "--master_port", str(_port()), WORKER, "--mode", "head",
+                      "--out", str(out)]
+    _check(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT), "head")
+    res = json.loads(out.read_text())
+    assert res["installed"] == ["store", "recompute"]
+    assert len(res["grad_rel_err"]) == 2 * 9 + 3  # every parameter has a gradient
+    worst = max(res["grad_rel_err"].items(), key=lambda kv: kv[1])
+    assert worst[1] < 1e-5, worst
+    assert res["losses"]["store"][0] == res["losses"]["recompute"][0]  # the same forward arithmetic
+    for i, (a, b) in enumerate(zip(res["losses"]["store"], res["losses"]["recompute"])):
+        assert _rel(a, b) < 1e-5, (i, res["losses"])
