@@ -187,15 +187,20 @@ def test_prac_train_fsdp_under_torchrun(tmp_path):
         "rng_rank00000.pt", "rng_rank00001.pt"]
 
 
+def _worker_json(mode: str, tmp_path: Path, timeout: float) -> dict:
+    """Two ranks of the worker in `mode` under torchrun; rank 0's JSON."""
+    out = tmp_path / f"{mode}.json"
+    cmd = TORCHRUN + ["--nproc_per_node", "2", "--master_port", str(_port()), WORKER, "--mode", mode,
+                      "--out", str(out)]
+    _check(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT), mode)
+    return json.loads(out.read_text())
+
+
 def test_per_block_compile_matches_eager(tmp_path):
     # torchtitan's order (compile each block, fully_shard each, then the root) with PRAC inside: the
     # same seeds draw the same bases and int8 roundings, so compiled losses equal eager ones up to
     # float32 reassociation (aot_eager runs the same ATen ops; 1e-5 catches any real difference).
-    out = tmp_path / "compile.json"
-    cmd = TORCHRUN + ["--nproc_per_node", "2", "--master_port", str(_port()), WORKER, "--mode", "compile",
-                      "--out", str(out)]
-    _check(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT), "compile")
-    res = json.loads(out.read_text())
+    res = _worker_json("compile", tmp_path, timeout=900)
     assert len(res["compiled"]) == len(res["eager"]) == 6
     for i, (c, e) in enumerate(zip(res["compiled"], res["eager"])):
         assert _rel(c, e) < 1e-5, (i, res)
@@ -207,11 +212,7 @@ def test_store_head_matches_recompute(tmp_path):
     # FSDP2 Parameter) vs 'recompute' (re-gathers the weight in backward): the same float32 arithmetic in
     # another order. Gradients agree to float32 rounding; 1e-5 relative is far below a wrong scale or a
     # missing term (>= 1e-2). Losses to the 1e-5 relative bar of the exactness tests above.
-    out = tmp_path / "head.json"
-    cmd = TORCHRUN + ["--nproc_per_node", "2", "--master_port", str(_port()), WORKER, "--mode", "head",
-                      "--out", str(out)]
-    _check(subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=ROOT), "head")
-    res = json.loads(out.read_text())
+    res = _worker_json("head", tmp_path, timeout=600)
     assert res["installed"] == ["store", "recompute"]
     assert len(res["grad_rel_err"]) == 2 * 9 + 3  # every parameter has a gradient
     worst = max(res["grad_rel_err"].items(), key=lambda kv: kv[1])
