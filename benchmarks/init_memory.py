@@ -1,6 +1,13 @@
-"""Peak host memory per rank for building and sharding a prac-train preset under FSDP2.
+"""Peak host memory per rank for building and sharding a prac-train preset under FSDP2 or DeepSpeed ZeRO-3.
 
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/init_memory.py --preset llama_1b
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 benchmarks/init_memory.py \
+        --preset llama_130m --deepspeed configs/ds/zero3.json
+
+With --deepspeed, each rank runs `prac-train --deepspeed` instead: build_model on meta, then
+DeepSpeedBackend.setup (each parameter initialised whole and partitioned at once by
+deepspeed.zero.Init, PRAC applied, deepspeed.initialize: this number includes the engine's
+partitioned optimizer groups, unlike FSDP's lazily created AdamW states).
 
 Each rank runs what `prac-train --fsdp` runs before its first step: build_model (parameters on the
 meta device), FSDPBackend.setup (PRAC on the meta model, fully_shard per block + root, then each rank
@@ -54,8 +61,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(preset: str, legacy: bool, prac: bool, seed: int = 0):
-    from prac_dist.train.backends.fsdp import FSDPBackend
+def measure(preset: str, legacy: bool, prac: bool, seed: int = 0, ds_config=None):
     from prac_dist.train.config import ModelConfig
     from prac_dist.train.models import build_model
     from prac_dist.train.optim import OptimizerSpec
@@ -67,7 +73,7 @@ def measure(preset: str, legacy: bool, prac: bool, seed: int = 0):
 
         prac_config = PRACConfig()
     _import_model_code(prac)
-    backend = FSDPBackend()
+    backend = _backend(ds_config)
     opt = OptimizerSpec(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-8, grad_clip=1.0,
                         warmup_steps=0, max_steps=1, min_lr_ratio=0.1, grad_accum=1)
     dist.barrier()
@@ -79,10 +85,39 @@ def measure(preset: str, legacy: bool, prac: bool, seed: int = 0):
     backend.setup(model, prac_config, opt)
     seconds = time.perf_counter() - t0
     peak = _status_bytes("VmHWM")
-    local_bytes = sum(p.to_local().nbytes if hasattr(p, "to_local") else p.nbytes for p in backend.model.parameters())
+    local_bytes = sum(_local(p).nbytes for p in backend.model.parameters())
     row = {"rank": dist.get_rank(), "peak_bytes": peak, "start_rss_bytes": start, "peak_reset": reset,
            "peak_above_start_bytes": peak - start, "local_param_bytes": local_bytes, "seconds": round(seconds, 2)}
     return backend, cfg, full_bytes, row
+
+
+def _backend(ds_config):
+    if ds_config is None:
+        from prac_dist.train.backends.fsdp import FSDPBackend
+
+        return FSDPBackend()
+    from prac_dist.train.backends.deepspeed import DeepSpeedBackend
+
+    return DeepSpeedBackend(str(ds_config), micro_batch_size=1)
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of `param`: an FSDP2 DTensor's shard, a ZeRO-3 partition, or all of it."""
+    if hasattr(param, "to_local"):
+        return param.to_local()
+    return param.ds_tensor if hasattr(param, "ds_tensor") else param
+
+
+def _gathered(param: torch.Tensor) -> torch.Tensor:
+    """The whole parameter on every rank (collective: all ranks call it in the same order)."""
+    if hasattr(param, "full_tensor"):
+        return param.full_tensor()
+    if hasattr(param, "ds_tensor"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            return param.detach().clone()
+    return param.detach()
 
 
 def _import_model_code(prac: bool) -> None:
@@ -108,8 +143,9 @@ def compare(backend, cfg, seed: int) -> dict:
     reference = build_model(cfg, seq_len=256, seed=seed) if dist.get_rank() == 0 else None
     ref_params = dict(reference.named_parameters()) if reference is not None else {}
     mismatched, max_diff, count = [], 0.0, 0
-    for name, param in backend.model.named_parameters():
-        full = param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+    model = backend.model.module if backend.name == "deepspeed" else backend.model  # the engine wraps it
+    for name, param in model.named_parameters():
+        full = _gathered(param)
         if reference is None:
             continue
         ref = ref_params[_canonical(name)].detach()
@@ -128,31 +164,37 @@ def main() -> None:
     ap.add_argument("--no-prac", action="store_true", help="shard the plain model (default: PRACConfig() applied)")
     ap.add_argument("--compare", action="store_true", help="check the gathered weights against the CPU build")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deepspeed", type=Path, default=None, metavar="CONFIG",
+                    help="measure DeepSpeedBackend with this JSON (ZeRO-3: partitioned on build) instead of FSDP2")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     args = ap.parse_args()
 
     from prac_dist.fsdp.env import init_distributed
 
     init_distributed()
-    backend, cfg, full_bytes, row = measure(args.preset, args.legacy, not args.no_prac, args.seed)
+    backend, cfg, full_bytes, row = measure(args.preset, args.legacy, not args.no_prac, args.seed, args.deepspeed)
     rows = [None] * dist.get_world_size()
     dist.all_gather_object(rows, row)
     check = compare(backend, cfg, args.seed) if args.compare else None
     if dist.get_rank() == 0:
         worst = max(r["peak_above_start_bytes"] for r in rows)
-        result_row = {"preset": args.preset, "path": "legacy" if args.legacy else "meta", "prac": not args.no_prac,
+        kind = "fsdp" if args.deepspeed is None else f"deepspeed:{args.deepspeed.name}"
+        result_row = {"preset": args.preset, "backend": kind, "path": "legacy" if args.legacy else "meta",
+                      "prac": not args.no_prac,
                       "world_size": len(rows), "full_fp32_bytes": full_bytes, "max_peak_above_start_bytes": worst,
                       "ratio": round(worst / full_bytes, 4), "ranks": rows}
         if check is not None:
             result_row["compare"] = check
         _print(result_row)
-        _write(args.out, result_row, " ".join(["torchrun --nproc_per_node", str(len(rows))] + sys.argv))
+        launcher = "torchrun --nproc_per_node" if args.deepspeed is None else "deepspeed --num_gpus"
+        _write(args.out, result_row, " ".join([launcher, str(len(rows))] + sys.argv))
     backend.close()
 
 
 def _print(row: dict) -> None:
     gib = 2 ** 30
-    print(f"{row['preset']} {row['path']} prac={row['prac']} on {row['world_size']} ranks: "
+    print(f"{row['preset']} {row['backend']} {row['path']} prac={row['prac']} on {row['world_size']} ranks: "
           f"full fp32 model {row['full_fp32_bytes'] / gib:.2f} GiB")
     print(f"{'rank':>4} {'peak GiB':>9} {'start GiB':>9} {'added GiB':>9} {'shard GiB':>9} {'s':>6}")
     for r in row["ranks"]:
@@ -162,11 +204,15 @@ def _print(row: dict) -> None:
           (f"; weights identical to the CPU build: {row['compare']['identical']}" if "compare" in row else ""))
 
 
+def _key(row: dict):
+    return row["preset"], row.get("backend", "fsdp"), row["path"], row["prac"]
+
+
 def _write(path: Path, row: dict, command: str) -> None:
     rows = []
     if path.is_file():
         rows = [r for r in json.loads(path.read_text()).get("rows", [])
-                if (r["preset"], r["path"], r["prac"]) != (row["preset"], row["path"], row["prac"])]
+                if _key(r) != _key(row)]
     rows.append(dict(row, command=command))
     write_result(path, "init_memory", {"rows": rows, "limit_ratio": 0.6},
                  note=f"{os.cpu_count()} cores shared with other jobs; gloo process group")

@@ -21,12 +21,12 @@ import hashlib
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["params_on_meta", "record_init", "materialize", "has_meta_params", "init_parameters"]
+__all__ = ["params_on_meta", "record_init", "materialize", "materialize_each", "has_meta_params", "init_parameters"]
 
 # A block of rows is drawn from one generator: at least this many elements per block, so seeding costs
 # (one SHA-256 and one mt19937 init per block) stay small next to drawing (llama_1b: ~21k blocks).
@@ -97,10 +97,7 @@ def has_meta_params(model: nn.Module) -> bool:
 
 def materialize(model: nn.Module, device: torch.device) -> None:
     """Allocate `model`'s parameters (each rank's shard, when sharded) on `device` and initialise them."""
-    spec = _SPECS.get(model)
-    if spec is None:
-        raise ValueError(f"materialize: {type(model).__name__} was not recorded with record_init; "
-                         f"build it with prac_dist.train.models.build_model(..., materialize=False)")
+    spec = _spec(model)
     tied = _tied_groups(model)
     model.to_empty(device=device)
     for module_name, module in model.named_modules():
@@ -112,13 +109,54 @@ def materialize(model: nn.Module, device: torch.device) -> None:
     init_parameters(model, spec.seed, spec.rules)
 
 
-def init_parameters(model: nn.Module, seed: int, rules: Dict[str, _Rule]) -> None:
-    """Write every parameter (plain tensor or DTensor shard) from the (seed, name, block) generators."""
-    named = list(model.named_parameters())
-    missing = [n for n, _ in named if _canonical(n) not in rules]
+def materialize_each(model: nn.Module, device: torch.device, convert: Callable[[nn.Parameter], None]) -> None:
+    """Allocate, initialise and hand to `convert` one whole parameter at a time (DeepSpeed ZeRO-3).
+
+    `convert` partitions the parameter and frees its whole tensor (deepspeed.zero.Init(module=...)),
+    so a rank peaks at its partitions plus the largest single parameter (llama_1b: the 0.26 GB
+    embedding), never the whole model. Buffers were never on meta (params_on_meta) and stay as built.
+    Tied slots get the same new Parameter. Values equal `materialize`'s bit for bit: each parameter is
+    drawn from row 0 with the same (seed, name, block) generators.
+    """
+    spec = _spec(model)
+    _check_rules(model, spec.rules)
+    done: Dict[int, nn.Parameter] = {}
+    for module_name, module in model.named_modules():
+        for pname, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in done:
+                name = _canonical(f"{module_name}.{pname}" if module_name else pname)
+                real = nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device=device),
+                                    requires_grad=param.requires_grad)
+                with torch.no_grad():
+                    _fill(real.data, spec.rules[name], spec.seed, name, 0, tuple(param.shape))
+                done[id(param)] = real
+                setattr(module, pname, real)
+                convert(real)
+            else:
+                setattr(module, pname, done[id(param)])
+
+
+def _spec(model: nn.Module) -> _InitSpec:
+    spec = _SPECS.get(model)
+    if spec is None:
+        raise ValueError(f"materialize: {type(model).__name__} was not recorded with record_init; "
+                         f"build it with prac_dist.train.models.build_model(..., materialize=False)")
+    return spec
+
+
+def _check_rules(model: nn.Module, rules: Dict[str, _Rule]) -> None:
+    missing = [n for n, _ in model.named_parameters() if _canonical(n) not in rules]
     if missing:
         raise ValueError(f"init_parameters: no init rule for parameters {missing[:3]}; the model changed "
                          f"between record_init and materialize")
+
+
+def init_parameters(model: nn.Module, seed: int, rules: Dict[str, _Rule]) -> None:
+    """Write every parameter (plain tensor or DTensor shard) from the (seed, name, block) generators."""
+    _check_rules(model, rules)
+    named = list(model.named_parameters())
     with torch.no_grad():
         for name, param in named:
             name = _canonical(name)

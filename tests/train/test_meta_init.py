@@ -106,3 +106,50 @@ def test_two_ranks_shard_on_meta_match_cpu_build_and_hold_half(tmp_path):
     assert row["compare"]["identical"], row["compare"]
     # Each rank holds half the weights (0.5) plus one 64K-element block of draws and module objects.
     assert row["ratio"] <= 0.6, row
+
+
+@pytest.mark.slow
+def test_two_ranks_zero3_partition_on_build_match_cpu_build(tmp_path):
+    """deepspeed launcher, 2 CPU ranks, ZeRO-3 (configs/ds/zero3.json), llama_tiny + PRACConfig(): the
+    parameters partitioned on build (DeepSpeedBackend, meta_init.materialize_each), gathered, equal the
+    single-process CPU build bit for bit."""
+    import shutil
+
+    launcher = shutil.which("deepspeed") or pytest.skip("no deepspeed launcher")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "init_memory.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(port), str(ROOT / "benchmarks" / "init_memory.py"),
+           "--preset", "llama_tiny", "--deepspeed", str(ROOT / "configs" / "ds" / "zero3.json"), "--compare",
+           "--out", str(out)]
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()[-5000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["backend"] == "deepspeed:zero3.json"
+    assert row["compare"]["identical"], row["compare"]
+    # Each rank holds half of every parameter (ZeRO-3 pads to a multiple of the world size).
+    full = row["full_fp32_bytes"]
+    assert all(0.5 * full <= r["local_param_bytes"] <= 0.5 * full + 4096 for r in row["ranks"]), row["ranks"]
+
+
+def test_materialize_each_equals_materialize_and_keeps_ties():
+    """One parameter at a time (the ZeRO-3 path) gives materialize's values; tied slots share one Parameter."""
+    seen = []
+    model = build_model(_tiny(), 64, 0, materialize=False)
+    meta_init.materialize_each(model, torch.device("cpu"), seen.append)
+    reference = build_model(_tiny(), 64, 0)
+    for (name, p), r in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, r), name
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert len(seen) == len(list(model.parameters()))  # each unique parameter converted once

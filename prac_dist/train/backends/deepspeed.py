@@ -30,6 +30,7 @@ from torch import nn
 
 from prac_dist.deepspeed.config import PRACSection, load_ds_config, parse_prac_section
 from prac_dist.distributed import discover_env
+from prac_dist.train import meta_init
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError
 from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
@@ -51,6 +52,9 @@ class DeepSpeedBackend(TrainBackend):
         except ValueError as exc:
             raise ConfigError(f"--deepspeed {ds_config}: {exc}") from None
         self.ds_config_source = str(ds_config)
+        # ZeRO-3: prac-train hands setup() a preset still on the meta device and each rank keeps only its
+        # partitions (_partition_on_build). Stages 0-2 replicate the parameters anyway: full CPU build.
+        self.materializes_model = _zero_stage(self.ds_config) == 3
         self.micro_batch_size = micro_batch_size
         self.prac = False
         self._owns_process_group = False
@@ -77,6 +81,8 @@ class DeepSpeedBackend(TrainBackend):
         self._opt = opt
 
         config = self._resolved_config(prac_config, opt)
+        if meta_init.has_meta_params(model):
+            _partition_on_build(model, config)
         optimizer = scheduler = None
         if "optimizer" not in config:
             optimizer = build_adamw(model, opt)
@@ -172,6 +178,25 @@ class DeepSpeedBackend(TrainBackend):
         if self._owns_process_group and dist.is_initialized():
             dist.destroy_process_group()
             self._owns_process_group = False
+
+
+def _zero_stage(cfg: Dict[str, Any]) -> int:
+    stage = cfg.get("zero_optimization", {}).get("stage", 0)
+    return stage if isinstance(stage, int) else -1
+
+
+def _partition_on_build(model: nn.Module, config: Dict[str, Any]) -> None:
+    """ZeRO-3: give every meta parameter its initial values and partition it at once (deepspeed.zero.Init
+    with the run's config), one parameter at a time: a rank holds its partitions plus one whole parameter,
+    with the weights of the one-process build (prac_dist.train.meta_init)."""
+    import deepspeed
+
+    def partition(param: nn.Parameter) -> None:
+        holder = nn.Module()
+        holder.register_parameter("p", param)
+        deepspeed.zero.Init(module=holder, config_dict_or_path=config)
+
+    meta_init.materialize_each(model, torch.device("cpu"), partition)
 
 
 def _fill(cfg: Dict[str, Any], key: str, value: Any, source: str) -> None:
