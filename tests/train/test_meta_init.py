@@ -82,6 +82,20 @@ def test_unknown_parameter_is_an_error_naming_it():
         meta_init.materialize(model, torch.device("cpu"))
 
 
+def _launch(cmd, env, tmp_path, out):
+    """Run a 2-rank launcher job (killed as a group after 600 s); the results row it wrote."""
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()[-5000:]
+    return json.loads(out.read_text())["rows"][0]
+
+
 @pytest.mark.slow
 def test_two_ranks_shard_on_meta_match_cpu_build_and_hold_half(tmp_path):
     """torchrun 2 ranks, llama_60m with PRACConfig(): gathered weights == CPU build; growth <= 0.6x fp32 model."""
@@ -93,16 +107,7 @@ def test_two_ranks_shard_on_meta_match_cpu_build_and_hold_half(tmp_path):
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(ROOT / "benchmarks" / "init_memory.py"), "--preset", "llama_60m", "--compare", "--out", str(out)]
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, log.read_text()[-5000:]
-    row = json.loads(out.read_text())["rows"][0]
+    row = _launch(cmd, env, tmp_path, out)
     assert row["compare"]["identical"], row["compare"]
     # Each rank holds half the weights (0.5) plus one 64K-element block of draws and module objects.
     assert row["ratio"] <= 0.6, row
@@ -126,16 +131,7 @@ def test_two_ranks_zero3_partition_on_build_match_cpu_build(tmp_path):
     cmd = [launcher, "--num_gpus", "2", "--master_port", str(port), str(ROOT / "benchmarks" / "init_memory.py"),
            "--preset", "llama_tiny", "--deepspeed", str(ROOT / "configs" / "ds" / "zero3.json"), "--compare",
            "--out", str(out)]
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, log.read_text()[-5000:]
-    row = json.loads(out.read_text())["rows"][0]
+    row = _launch(cmd, env, tmp_path, out)
     assert row["backend"] == "deepspeed:zero3.json"
     assert row["compare"]["identical"], row["compare"]
     # Each rank holds half of every parameter (ZeRO-3 pads to a multiple of the world size).
