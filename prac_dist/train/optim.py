@@ -49,7 +49,8 @@ def build_adamw(model: nn.Module, opt: OptimizerSpec, fused: Optional[bool] = No
         if not p.requires_grad or id(p) in seen:  # tied embeddings appear once
             continue
         seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
+        # A ZeRO-3 partitioned parameter's data is empty; its real shape is ds_shape.
+        (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": opt.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused)
