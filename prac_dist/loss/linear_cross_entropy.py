@@ -92,6 +92,20 @@ def _logits_grad_(logits: torch.Tensor, lse: torch.Tensor, safe: torch.Tensor, r
     return logits.mul_(row_scale[:, None])
 
 
+
+def _accumulate_chunk(g_c, h, w, rows, grad_h, grad_w, grad_b) -> None:
+    """One chunk's share of dX (its rows), dW and db (float32 sums), from its logits gradient g_c.
+
+    Shared by the recompute backward and the store forward: both modes must do the same arithmetic.
+    A gradient that is not needed is None and skipped.
+    """
+    if grad_h is not None:
+        grad_h[rows] = g_c @ w
+    if grad_w is not None:
+        grad_w += (g_c.t() @ h[rows]).float()
+    if grad_b is not None:
+        grad_b += g_c.float().sum(0)
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     """Sum over rows with label != ignore_index of logsumexp(x W^T + b) - (x W^T + b)[label]."""
 
@@ -138,13 +152,8 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             for start in range(0, h.shape[0], ctx.chunk_size):
                 rows = slice(start, start + ctx.chunk_size)
                 g = _logits_grad_(_chunk_logits(h[rows], w, b), lse[rows], safe[rows], row_scale[rows])
-                g_c = g.to(cdtype)  # HF's graph casts the float32 logits gradient back here
-                if need_h:
-                    grad_h[rows] = g_c @ w
-                if need_w:
-                    grad_w += (g_c.t() @ h[rows]).float()
-                if need_b:
-                    grad_b += g_c.float().sum(0)
+                # HF's graph casts the float32 logits gradient back to the compute dtype here.
+                _accumulate_chunk(g.to(cdtype), h, w, rows, grad_h, grad_w, grad_b)
         return (
             None if grad_h is None else grad_h.to(ctx.hidden_dtype),
             None if grad_w is None else grad_w.to(weight.dtype),
@@ -180,12 +189,7 @@ class _LinearCrossEntropyStore(torch.autograd.Function):
                 target = logits.gather(1, safe[rows, None]).squeeze(1)
                 total += torch.where(valid[rows], lse - target, 0.0).sum()
                 g_c = _logits_grad_(logits, lse, safe[rows], row_scale[rows]).to(cdtype)
-                if need_h:
-                    grad_h[rows] = g_c @ w
-                if need_w:
-                    grad_w += (g_c.t() @ h[rows]).float()
-                if need_b:
-                    grad_b += g_c.float().sum(0)
+                _accumulate_chunk(g_c, h, w, rows, grad_h, grad_w, grad_b)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
