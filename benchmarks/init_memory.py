@@ -2,12 +2,14 @@
 
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/init_memory.py --preset llama_1b
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 benchmarks/init_memory.py \
-        --preset llama_130m --deepspeed configs/ds/zero3.json
+        --preset llama_1b --deepspeed configs/ds/zero3.json --shard-only
 
-With --deepspeed, each rank runs `prac-train --deepspeed` instead: build_model on meta, then
-DeepSpeedBackend.setup (each parameter initialised whole and partitioned at once by
-deepspeed.zero.Init, PRAC applied, deepspeed.initialize: this number includes the engine's
-partitioned optimizer groups, unlike FSDP's lazily created AdamW states).
+With --deepspeed --shard-only, each rank builds and partitions only (DeepSpeedBackend.partition: build_model
+on meta, then each parameter partitioned by deepspeed.zero.Init, only this rank's partition initialised):
+the number the 0.6 limit is about. PRAC, which allocates no parameter memory, comes after it in setup(),
+so these rows say prac=false. With --deepspeed alone, each rank runs prac-train's whole DeepSpeed setup
+(partition, PRAC, deepspeed.initialize): that number adds the engine's partitioned fp32 master weights
+and Adam moments, which FSDP's AdamW creates lazily at the first step.
 
 Each rank runs what `prac-train --fsdp` runs before its first step: build_model (parameters on the
 meta device), FSDPBackend.setup (PRAC on the meta model, fully_shard per block + root, then each rank
@@ -61,7 +63,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure(preset: str, legacy: bool, prac: bool, seed: int = 0, ds_config=None):
+def measure(preset: str, legacy: bool, prac: bool, seed: int = 0, ds_config=None, shard_only: bool = False):
     from prac_dist.train.config import ModelConfig
     from prac_dist.train.models import build_model
     from prac_dist.train.optim import OptimizerSpec
@@ -81,13 +83,20 @@ def measure(preset: str, legacy: bool, prac: bool, seed: int = 0, ds_config=None
     start = _status_bytes("VmRSS")
     t0 = time.perf_counter()
     model = build_model(cfg, seq_len=256, seed=seed, materialize=legacy)
-    full_bytes = sum(p.numel() * 4 for p in {id(p): p for p in model.parameters()}.values())
-    backend.setup(model, prac_config, opt)
+    unique = {id(p): p for p in model.parameters()}.values()
+    full_bytes = sum(p.numel() * 4 for p in unique)
+    largest = max(p.numel() * 4 for p in unique)
+    if shard_only:  # DeepSpeed: stop where zero.Init has partitioned the last parameter (PRAC comes after)
+        backend.partition(model, None, opt)
+        backend.model = model
+    else:
+        backend.setup(model, prac_config, opt)
     seconds = time.perf_counter() - t0
     peak = _status_bytes("VmHWM")
-    local_bytes = sum(_local(p).nbytes for p in backend.model.parameters())
+    local_bytes = sum(_local(p).nbytes for p in _unwrapped(backend).parameters())
     row = {"rank": dist.get_rank(), "peak_bytes": peak, "start_rss_bytes": start, "peak_reset": reset,
-           "peak_above_start_bytes": peak - start, "local_param_bytes": local_bytes, "seconds": round(seconds, 2)}
+           "peak_above_start_bytes": peak - start, "local_param_bytes": local_bytes,
+           "largest_param_bytes": largest, "seconds": round(seconds, 2)}
     return backend, cfg, full_bytes, row
 
 
@@ -99,6 +108,11 @@ def _backend(ds_config):
     from prac_dist.train.backends.deepspeed import DeepSpeedBackend
 
     return DeepSpeedBackend(str(ds_config), micro_batch_size=1)
+
+
+def _unwrapped(backend) -> torch.nn.Module:
+    """The model itself: DeepSpeed's engine wraps it after setup(), not after partition()."""
+    return getattr(backend.model, "module", backend.model)
 
 
 def _local(param: torch.Tensor) -> torch.Tensor:
@@ -143,8 +157,7 @@ def compare(backend, cfg, seed: int) -> dict:
     reference = build_model(cfg, seq_len=256, seed=seed) if dist.get_rank() == 0 else None
     ref_params = dict(reference.named_parameters()) if reference is not None else {}
     mismatched, max_diff, count = [], 0.0, 0
-    model = backend.model.module if backend.name == "deepspeed" else backend.model  # the engine wraps it
-    for name, param in model.named_parameters():
+    for name, param in _unwrapped(backend).named_parameters():
         full = _gathered(param)
         if reference is None:
             continue
@@ -166,6 +179,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deepspeed", type=Path, default=None, metavar="CONFIG",
                     help="measure DeepSpeedBackend with this JSON (ZeRO-3: partitioned on build) instead of FSDP2")
+    ap.add_argument("--shard-only", action="store_true",
+                    help="DeepSpeed: build and partition only (DeepSpeedBackend.partition), not deepspeed.initialize, "
+                         "which adds the partitioned fp32 master weights and Adam moments")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     args = ap.parse_args()
@@ -173,7 +189,10 @@ def main() -> None:
     from prac_dist.fsdp.env import init_distributed
 
     init_distributed()
-    backend, cfg, full_bytes, row = measure(args.preset, args.legacy, not args.no_prac, args.seed, args.deepspeed)
+    if args.shard_only and args.deepspeed is None:
+        ap.error("--shard-only: accepted only with --deepspeed (FSDP2's setup is building and sharding already)")
+    backend, cfg, full_bytes, row = measure(args.preset, args.legacy, not args.no_prac, args.seed, args.deepspeed,
+                                            args.shard_only)
     rows = [None] * dist.get_world_size()
     dist.all_gather_object(rows, row)
     check = compare(backend, cfg, args.seed) if args.compare else None
@@ -181,7 +200,7 @@ def main() -> None:
         worst = max(r["peak_above_start_bytes"] for r in rows)
         kind = "fsdp" if args.deepspeed is None else f"deepspeed:{args.deepspeed.name}"
         result_row = {"preset": args.preset, "backend": kind, "path": "legacy" if args.legacy else "meta",
-                      "prac": not args.no_prac,
+                      "prac": not (args.no_prac or args.shard_only), "phase": _phase(args),
                       "world_size": len(rows), "full_fp32_bytes": full_bytes, "max_peak_above_start_bytes": worst,
                       "ratio": round(worst / full_bytes, 4), "ranks": rows}
         if check is not None:
@@ -204,8 +223,14 @@ def _print(row: dict) -> None:
           (f"; weights identical to the CPU build: {row['compare']['identical']}" if "compare" in row else ""))
 
 
+def _phase(args) -> str:
+    if args.deepspeed is None:
+        return "build+shard"  # FSDP2's setup ends with the shards: AdamW states come at the first step
+    return "build+shard" if args.shard_only else "build+shard+deepspeed.initialize"
+
+
 def _key(row: dict):
-    return row["preset"], row.get("backend", "fsdp"), row["path"], row["prac"]
+    return row["preset"], row.get("backend", "fsdp"), row["path"], row["prac"], row.get("phase")
 
 
 def _write(path: Path, row: dict, command: str) -> None:

@@ -49,6 +49,9 @@ class _InitSpec:
     buffers: Dict[str, torch.Tensor]
 
 
+# fill(flat, start): write the flattened parameter's values from element `start` on into the 1-D `flat`.
+Filler = Callable[[torch.Tensor, int], None]
+
 _SPECS: "weakref.WeakKeyDictionary[nn.Module, _InitSpec]" = weakref.WeakKeyDictionary()
 
 
@@ -109,14 +112,19 @@ def materialize(model: nn.Module, device: torch.device) -> None:
     init_parameters(model, spec.seed, spec.rules)
 
 
-def materialize_each(model: nn.Module, device: torch.device, convert: Callable[[nn.Parameter], None]) -> None:
-    """Allocate, initialise and hand to `convert` one whole parameter at a time (DeepSpeed ZeRO-3).
+def materialize_each(model: nn.Module, device: torch.device, partition: Callable[[nn.Parameter, Filler], None]) -> None:
+    """Allocate, partition and initialise one whole parameter at a time (DeepSpeed ZeRO-3).
 
-    `convert` partitions the parameter and frees its whole tensor (deepspeed.zero.Init(module=...)),
-    so a rank peaks at its partitions plus the largest single parameter (llama_1b: the 0.26 GB
-    embedding), never the whole model. Buffers were never on meta (params_on_meta) and stay as built.
-    Tied slots get the same new Parameter. Values equal `materialize`'s bit for bit: each parameter is
-    drawn from row 0 with the same (seed, name, block) generators.
+    `partition(param, fill)` partitions `param` (deepspeed.zero.Init(module=...)) and calls `fill(flat, start)`
+    on what the rank keeps: `flat` (1-D) receives the flattened parameter's values from element `start` on
+    (past its end: zeros, ZeRO's padding). Only the partition is drawn and written: a rank draws 1/W of the
+    model, and the whole tensor is written only by what `partition` does with it (zero.Init broadcasts it
+    from rank 0, which the other ranks receive and free). Measured for llama_1b on 2 ranks
+    (benchmarks/results/init_memory.json): 0.555 x the fp32 model at the worst rank, its partitions (0.5)
+    plus one whole embedding (0.05); filling whole tensors first gave 0.687. A `partition` that must copy the whole tensor (NVMe offload, hpZ secondary partitions) calls
+    fill(param.data.view(-1), 0) first. Buffers were never on meta (params_on_meta) and stay as built.
+    Tied slots get the same new Parameter. Values equal `materialize`'s bit for bit: the same (seed, name,
+    block) generators, whatever the partition boundaries.
     """
     spec = _spec(model)
     _check_rules(model, spec.rules)
@@ -129,11 +137,10 @@ def materialize_each(model: nn.Module, device: torch.device, convert: Callable[[
                 name = _canonical(f"{module_name}.{pname}" if module_name else pname)
                 real = nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device=device),
                                     requires_grad=param.requires_grad)
-                with torch.no_grad():
-                    _fill(real.data, spec.rules[name], spec.seed, name, 0, tuple(param.shape))
                 done[id(param)] = real
                 setattr(module, pname, real)
-                convert(real)
+                rule, shape = spec.rules[name], tuple(param.shape)
+                partition(real, lambda flat, start, r=rule, n=name, sh=shape: _fill_flat(flat, r, spec.seed, n, start, sh))
             else:
                 setattr(module, pname, done[id(param)])
 
@@ -214,6 +221,28 @@ def _fill(local: torch.Tensor, rule: _Rule, seed: int, name: str, row_start: int
         local[lo - row_start:hi - row_start].copy_(drawn[lo - b * block:hi - b * block])
     if rule.padding_idx >= 0 and row_start <= rule.padding_idx < row_start + rows:
         local[rule.padding_idx - row_start].zero_()
+
+
+def _fill_flat(flat: torch.Tensor, rule: _Rule, seed: int, name: str, start: int, global_shape) -> None:
+    """`flat`[k] = element start + k of the flattened parameter (zero past its end): `_fill`'s values and blocks."""
+    numel = math.prod(global_shape)
+    count = max(0, min(flat.numel(), numel - start))
+    flat[count:].zero_()
+    if count == 0 or rule.kind != "normal":
+        _fill(flat[:count], rule, seed, name, 0, (count,))  # zeros or ones: no draws
+        return
+    rows = global_shape[0] if global_shape else 1
+    row_elems = math.prod(global_shape[1:]) if len(global_shape) > 1 else 1
+    block = max(1, _BLOCK_ELEMENTS // max(1, row_elems))  # rows per generator, as in _fill
+    end = start + count
+    for b in range(start // (block * row_elems), (end - 1) // (block * row_elems) + 1):
+        b_start = b * block * row_elems
+        drawn = torch.empty((min(block, rows - b * block),) + tuple(global_shape[1:]))
+        drawn.normal_(0.0, rule.std, generator=torch.Generator().manual_seed(_block_seed(seed, name, b)))
+        if rule.padding_idx >= 0 and b * block <= rule.padding_idx < b * block + drawn.shape[0]:
+            drawn[rule.padding_idx - b * block].zero_()
+        lo, hi = max(start, b_start), min(end, b_start + drawn.numel())
+        flat[lo - start:hi - start].copy_(drawn.view(-1)[lo - b_start:hi - b_start])
 
 
 def _block_seed(seed: int, name: str, block: int) -> int:
