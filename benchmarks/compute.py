@@ -201,8 +201,11 @@ def count_bytes(shape, setting: dict, batch: int, seq: int, seed: int = 0) -> Di
     """Bytes saved for backward (bf16) by one forward + loss: decoder layers and the rest."""
     model, cache = build(shape, setting, torch.bfloat16, seed)
     x = torch.randint(0, shape.vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
-    if setting.get("prac") is not None:  # bases as after a first training step
-        _train_step(model, x, True)
+    if setting.get("prac") is not None:  # bases as after a first training step: they come from its forward
+        # (no backward: a bf16 matmul with a non-transposed right operand runs ~40x slower than fp32 on
+        # this CPU, 65 s for one LLaMA-1B down_proj dX, and backward changes no basis and no byte count)
+        model(input_ids=x, labels=x)
+        prac_step(model)
     if cache is not None:
         cache.counting = True
     report = measure_saved_bytes(lambda: model(input_ids=x, labels=x).loss, model)
