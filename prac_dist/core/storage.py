@@ -6,10 +6,11 @@ against, so there is one implementation of the arithmetic.
 
 8-bit: per-row scale s_i = max_j |z_ij| / 127 and q_ij = floor(z_ij / s_i + u_ij), u ~ U[0, 1),
 so E[q_ij · s_i] = z_ij: the stored activation stays an unbiased estimate and so does dW.
-The compressor passes the seed of each rounding (from its seed, name, rank and a call counter kept in
-its state), so a resumed run rounds exactly as an uninterrupted one and no seed is read back from a
-device. The forward output never depends on the noise, so an activation-checkpointing recompute that
-draws other codes changes nothing but which unbiased estimate backward uses.
+The compressor passes the key of each rounding (made on the device from a hash of its seed, name and
+rank and a call counter kept in its state), so a resumed run rounds exactly as an uninterrupted one, no
+seed is read back from a device, and torch.compile traces it. The forward output never depends on the
+noise, so an activation-checkpointing recompute that draws other codes changes nothing but which
+unbiased estimate backward uses.
 """
 
 from __future__ import annotations

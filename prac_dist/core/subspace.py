@@ -8,12 +8,20 @@ that reads that tensor: q/k/v, gate/up) and its refresh schedule:
     Z  = X [Q1 | c Q2],  c = (n - r1) / r2          (the only thing saved)
     X~ = Z [Q1 | Q2]ᵀ,   E[X~] = X                  (never materialised for linears)
 
-Q2 comes from a fresh generator seeded by (seed, group, rank, draw index), so a
-resumed run redraws exactly what an uninterrupted one would, on any device.
+Q2's S is counter-based noise of (seed, group, rank, draw index) drawn on the device
+(prac_dist.kernels.projection.gaussian_noise), so a resumed run redraws exactly what an
+uninterrupted one would, and torch.compile traces the draw.
 
 A Compressor with storage='int8' has no basis: it stores X itself in int8 with stochastic
 rounding (prac_dist.core.storage.pack_int8) where projecting would cost more FLOPs than it saves
 (prac_dist.core.cost).
+
+Under torch.compile a PRAC block traces without a graph break, refresh steps included (adaptive ranks
+excepted: they choose r1 on the host). Each random draw (int8 rounding, Q2) takes its key on the device
+from the compressor's base keys and a counter it increments in place (prac_dist.kernels.projection.
+rounding_key): per-layer values are tensors, never Python ints a compiled block would guard on (one
+compile per layer). The linears that read one tensor share one Z, carried by that tensor itself
+(`compress_shared`).
 
 Refreshes stay on the device (no host synchronisation): the captured energy is a 0-dim tensor
 read only by prac_stats; a batch with a non-finite value keeps the previous basis (counted in
@@ -24,15 +32,16 @@ limit (1e38) do not overflow it.
 from __future__ import annotations
 
 import hashlib
-import weakref
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from prac_dist.kernels.projection import gaussian_noise, rounding_key
+
 __all__ = ["Compressor"]
 
-# Z tensors carry this attribute so offload hooks can move them and nothing else.
-COMPRESSED_ATTR = "_prac_compressed"
+# The attribute of a linear's input tensor that carries (compressor epoch, stored form) for its siblings.
+_STORED_ATTR = "_prac_stored"
 
 
 def _seed(*parts) -> int:
@@ -156,10 +165,9 @@ def _top(evals: torch.Tensor, evecs: torch.Tensor, r1: int, x2d: torch.Tensor) -
 
 
 @torch.no_grad()
-def random_complement_basis(q1: torch.Tensor, n: int, r2: int, seed: int) -> torch.Tensor:
-    """Orthonormal n x r2 basis of a uniformly random r2-dim subspace of range(Q1)⊥."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    s = torch.randn(n, r2, generator=gen, dtype=torch.float32).to(q1.device)
+def random_complement_basis(q1: torch.Tensor, n: int, r2: int, key: torch.Tensor) -> torch.Tensor:
+    """Orthonormal n x r2 basis of a uniformly random r2-dim subspace of range(Q1)⊥ (key: int64 [2])."""
+    s = gaussian_noise(key.to(q1.device), n, r2)
     # Two rounds of projection: one loses orthogonality to Q1 at float32 rounding (Kahan's "twice is enough").
     for _ in range(2):
         s = s - q1 @ (q1.t() @ s)
@@ -197,8 +205,12 @@ class Compressor:
         self.q2: Optional[torch.Tensor] = None
         self.principal_due = True
         self.random_due = True
-        self.draws = 0
-        self.roundings = 0  # stochastic roundings so far: each gets its own seed (see next_seed)
+        # Q2 draws and stochastic roundings so far (int64, 0-dim, on the device): each gets its own key. Tensors,
+        # not ints, so compiled code increments them in the graph and no layer guards on their values.
+        self.draws = torch.zeros((), dtype=torch.int64)
+        self.roundings = torch.zeros((), dtype=torch.int64)
+        self._keys: Optional[torch.Tensor] = None  # int64 [2, 2]: base keys of the roundings and the draws
+        self._renew_epoch()
         self.energy: Optional[torch.Tensor] = None  # 0-dim, on the device: read lazily (prac_stats)
         self.nonfinite_refreshes: Optional[torch.Tensor] = None  # refreshes that kept the old basis
         # adaptive='global': the last scheduled refresh's variance curve, waiting for step() to reallocate.
@@ -206,7 +218,6 @@ class Compressor:
         self.followup = False  # this refresh only applies a new budget: it does not start a reallocation
         self._fwd_cache: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._back: Optional[torch.Tensor] = None
-        self._shared: Optional[Tuple[weakref.ref, int, tuple]] = None
 
     @property
     def c(self) -> float:
@@ -223,18 +234,37 @@ class Compressor:
         return self.storage == "project"
 
     # ---- schedule -------------------------------------------------------------------------
+    def _renew_epoch(self) -> None:
+        # An empty tensor, replaced at every step, refresh and load: a stored form carried by an input tensor
+        # (compress_shared) is reused only while it is the same object. A tensor: Dynamo guards on its
+        # metadata, not its identity, so renewing it compiles nothing.
+        self._epoch = torch.empty(0)
+
     def mark(self, step: int) -> None:
+        self._renew_epoch()
         if step % self.t1 == 0:
             self.principal_due = True
         if step % self.t2 == 0:
             self.random_due = True
 
+    @property
+    def rounds(self) -> bool:
+        """True when the stored form is int8 with stochastic rounding (int8 storage, or 8-bit Z)."""
+        return not self.projects or self.storage_bits == 8
+
     def refresh(self, x2d: torch.Tensor) -> None:
-        """Recompute whatever the schedule says is due, from this training batch."""
+        """Recompute whatever the schedule says is due, from this training batch (and put the keys on its device)."""
+        self._place(x2d.device)
         if self.projects and (self.principal_due or self.random_due):
             self._refresh(x2d)
 
-    @torch.compiler.disable
+    def _place(self, device: torch.device) -> None:
+        if self._keys is None:  # a Compressor built by hand: apply_prac calls set_rank at setup
+            self.set_rank(self.data_rank())
+        if self._keys.device != device:  # first use on this device: traced, a copy, no host sync
+            self._keys = self._keys.to(device)
+            self.draws, self.roundings = self.draws.to(device), self.roundings.to(device)
+
     @torch.no_grad()
     def _refresh(self, x2d: torch.Tensor) -> None:
         if self.principal_due:
@@ -252,30 +282,23 @@ class Compressor:
             self.principal_due = False
             self.random_due = True  # Q2 must live in the complement of the new Q1
         if self.random_due:
-            rank = self.data_rank() if self.per_rank_random else 0
-            seed = _seed(self.seed, self.name, rank, self.draws)
             q1 = self.q1.to(x2d.device)
-            self.q2 = random_complement_basis(q1, self.n, self.r2, seed) if self.r2 else q1.new_zeros(self.n, 0)
-            self.draws += 1
+            key = rounding_key(self._keys[1], self.draws)
+            self.q2 = random_complement_basis(q1, self.n, self.r2, key) if self.r2 else q1.new_zeros(self.n, 0)
+            self.draws.add_(1)
             self.random_due = False
         self._fwd_cache.clear()
-        self._shared = None
-        # Built here, not lazily in q_back: a compiled forward then always finds a tensor (a None would
-        # be one more guard state, and so one more compile, of every PRAC linear's frame).
+        self._renew_epoch()
+        # Built here, not lazily in q_back / q_fwd: a compiled forward then always finds them (a None or a
+        # missing key would be one more guard state, and so one more compile, of every PRAC linear's frame).
         self._back = None
         self.q_back(x2d.device)
+        self.q_fwd(torch.float32, x2d.device)
 
     def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # Adaptive first: an r1 it once set to 0 must be re-chosen at the next refresh, not kept.
         if self.adaptive != "off":
-            evals, evecs = spectrum(x2d)
-            if self.adaptive == "global" and not self.followup:
-                self.curve = variance_curve(evals, self.n)[0]
-            self.followup = False
-            policy = "min_variance" if self.adaptive == "global" else self.adaptive
-            self.r1 = choose_r1(evals, self.budget, policy, self.adaptive_energy)
-            self.r2 = self.budget - self.r1
-            return _top(evals, evecs, self.r1, x2d)
+            return self._adaptive_principal(x2d)
         if self.r1 == 0:
             return x2d.new_zeros(self.n, 0, dtype=torch.float32), x2d.new_zeros((), dtype=torch.float32)
         if self.solver == "randomized":
@@ -285,6 +308,17 @@ class Compressor:
             q1, _ = torch.linalg.qr(q1)  # same orthonormality as the exact path: full rank stays exact
             return q1, captured_energy(x2d, q1)
         return principal_basis(x2d, self.r1)
+
+    @torch.compiler.disable  # r1 is chosen on the host from the spectrum: a sync, and an int compiled code guards on
+    def _adaptive_principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        evals, evecs = spectrum(x2d)
+        if self.adaptive == "global" and not self.followup:
+            self.curve = variance_curve(evals, self.n)[0]
+        self.followup = False
+        policy = "min_variance" if self.adaptive == "global" else self.adaptive
+        self.r1 = choose_r1(evals, self.budget, policy, self.adaptive_energy)
+        self.r2 = self.budget - self.r1
+        return _top(evals, evecs, self.r1, x2d)
 
     # ---- projection -------------------------------------------------------------------------
     def q_fwd(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -301,10 +335,29 @@ class Compressor:
             self._back = torch.cat([self.q1, self.q2], dim=1).to(device=device, dtype=torch.float32)
         return self._back
 
-    def next_seed(self) -> int:
-        """Seed of the next int8 stochastic rounding: (seed, group, rank, count), a host-side hash."""
-        self.roundings += 1
-        return _seed(self.seed, self.name, "round", self.data_rank(), self.roundings) & ((1 << 62) - 1)
+    @torch.compiler.disable  # host hashing; apply_prac calls it at setup, so a compiled step never does
+    def set_rank(self, rank: int) -> None:
+        """The data-parallel rank whose data this compressor sees, and the base keys of its random draws:
+        host hashes of (seed, group, "round", rank) for the int8 roundings and (seed, group, rank or 0 with
+        per_rank_random off) for the Q2 draws, as int64 [2, 2] (32-bit words), made once."""
+        self.dp_rank = rank
+        words = []
+        for parts in (("round", rank), (rank if self.per_rank_random else 0,)):
+            h = _seed(self.seed, self.name, *parts)
+            words.append([h & 0xFFFFFFFF, h >> 32])
+        device = self._keys.device if self._keys is not None else self.draws.device
+        self._keys = torch.tensor(words, dtype=torch.int64, device=device)
+
+    @torch.no_grad()
+    def next_seed(self) -> torch.Tensor:
+        """Key (int64 [2], on the device) of the next int8 stochastic rounding: a hash of (base key, count).
+
+        The count is incremented in place on the device: no host value, so torch.compile traces it and a
+        resumed run (the count is in state_dict) rounds as an uninterrupted one. Call refresh() first (it puts
+        the keys on the data's device).
+        """
+        self.roundings.add_(1)
+        return rounding_key(self._keys[0], self.roundings)
 
     def data_rank(self) -> int:
         """The rank whose data this compressor sees (fixed at apply_prac, or at first use)."""
@@ -314,28 +367,36 @@ class Compressor:
             self.dp_rank = rank_world()[0]
         return self.dp_rank
 
-    @torch.compiler.disable
     @torch.no_grad()
-    def compress(self, x2d: torch.Tensor) -> tuple:
-        """Stored form of x2d: (Z,) at 16 bits, (int8 codes, float32 row scales) of Z at 8 bits, or of X for int8."""
+    def compress(self, x2d: torch.Tensor, seed: Optional[torch.Tensor] = None) -> tuple:
+        """Stored form of x2d: (Z,) at 16 bits, (int8 codes, float32 row scales) of Z at 8 bits, or of X for int8.
+
+        seed: the rounding's key from next_seed(), taken before an autograd.Function's forward (a counter
+        mutated inside one would not trace); None takes the next one here.
+        """
         from prac_dist.core.storage import pack, pack_int8
 
+        if self.rounds and seed is None:
+            self._place(x2d.device)
+            seed = self.next_seed()
         if not self.projects:
-            return pack_int8(x2d, self.kernel, self.next_seed())
-        seed = self.next_seed() if self.storage_bits == 8 else 0
+            return pack_int8(x2d, self.kernel, seed)
         return pack(x2d, self.q_fwd(torch.float32, x2d.device), self.storage_bits, self.kernel, seed)
 
-    @torch.compiler.disable
     def compress_shared(self, x: torch.Tensor, x2d: torch.Tensor) -> tuple:
-        """Compress once per input tensor: q/k/v (gate/up) calls with the same x reuse one Z."""
-        if self._shared is not None:
-            ref, version, packed = self._shared
-            alive = [p() for p in packed]
-            if ref() is x and version == x._version and all(a is not None for a in alive):
-                return tuple(alive)
+        """Compress once per input tensor: q/k/v (gate/up) calls with the same x reuse one Z.
+
+        The stored form rides on x itself (attribute `_prac_stored`, with this compressor's epoch, renewed at
+        every step, refresh and load), so it lives exactly as long as x (and as autograd's saved copy):
+        nothing in prac_dist holds a Z or an x, and Dynamo traces the attribute (a weakref cache it cannot).
+        An x passed again after step() or a refresh is compressed again. x must not change in place
+        between the sibling calls.
+        """
+        stored = getattr(x, _STORED_ATTR, None)
+        if stored is not None and stored[0] is self._epoch:  # this compressor, this step, this basis
+            return stored[1]
         packed = self.compress(x2d)
-        # Weak references only: the cache must never keep a Z alive after its backward is done.
-        self._shared = (weakref.ref(x), x._version, tuple(weakref.ref(p) for p in packed))
+        setattr(x, _STORED_ATTR, (self._epoch, packed))
         return packed
 
     def decompress(self, packed: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -351,7 +412,7 @@ class Compressor:
     def state_dict(self) -> dict:
         return {
             "n": self.n, "r1": self.r1, "r2": self.r2, "budget": self.budget, "followup": self.followup,
-            "draws": self.draws, "storage": self.storage, "roundings": self.roundings,
+            "draws": int(self.draws), "storage": self.storage, "roundings": int(self.roundings),
             "nonfinite_refreshes": 0 if self.nonfinite_refreshes is None else int(self.nonfinite_refreshes),
             "principal_due": self.principal_due, "random_due": self.random_due,
             "energy": None if self.energy is None else float(self.energy),
@@ -379,13 +440,14 @@ class Compressor:
         self.r1, self.r2 = int(state["r1"]), int(state["r2"])
         if self.adaptive == "global":  # its budget moves too; the model's total is checked by the caller
             self.budget, self.followup = int(state["budget"]), bool(state["followup"])
-        self.draws = int(state["draws"])
-        self.roundings = int(state.get("roundings", 0))
+        # Counters go where they were (refresh() moves them with the keys); old checkpoints hold them as ints.
+        self.draws = torch.tensor(int(state["draws"]), dtype=torch.int64, device=self.draws.device)
+        self.roundings = torch.tensor(int(state.get("roundings", 0)), dtype=torch.int64, device=self.draws.device)
         self.principal_due, self.random_due = bool(state["principal_due"]), bool(state["random_due"])
         self.energy = None if state["energy"] is None else torch.tensor(float(state["energy"]))
         self.nonfinite_refreshes = torch.tensor(int(state.get("nonfinite_refreshes", 0)))
         self.q1 = None if state["q1"] is None else state["q1"].to(device or "cpu")
         self.q2 = None if state["q2"] is None else state["q2"].to(device or "cpu")
         self._fwd_cache.clear()
+        self._renew_epoch()
         self._back = None
-        self._shared = None

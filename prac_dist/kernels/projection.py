@@ -19,7 +19,8 @@ i.e. 0.51x at r = 460 (0.3n + 0.3n of n = 768).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -31,11 +32,14 @@ try:  # optional dependency: the PyTorch references below work without it
 except ImportError:  # pragma: no cover - exercised only where triton is absent
     triton = tl = None
 
-__all__ = ["fused_project", "quantize", "dequantize"]
+__all__ = ["fused_project", "quantize", "dequantize", "rounding_key", "gaussian_noise"]
 
 _QMAX = 127.0  # symmetric int8 range [-127, 127]; -128 unused so the grid is symmetric
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_TILE = 4096  # elements per row-wise tile: 16 KiB of float32 registers per program
+# A rounding's randomness: None (drawn from torch's generator), an int in [0, 2^63), or a key tensor
+# (int64 [2], two 32-bit words on the data's device, as `rounding_key` makes it).
+Seed = Union[None, int, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -74,12 +78,17 @@ def _project_kernel(
 
 def _quantize_rows_kernel(
     z_ptr, out_ptr, scale_ptr,
-    N, r, stride_z, stride_out, seed,
+    N, r, stride_z, stride_out, key_ptr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
     rows64 = rows.to(tl.int64)
+    # The rounding key: two 32-bit words read from the device (a traced counter makes it, no host value).
+    k0 = tl.load(key_ptr).to(tl.uint32)
+    k1 = tl.load(key_ptr + 1).to(tl.uint32)
+    m1 = tl.full((), 0x7FEB352D, tl.uint32)
+    m2 = tl.full((), 0x846CA68B, tl.uint32)
     # Pass 1: row absmax over column chunks (Z is re-read from cache in pass 2).
     amax = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for c0 in range(0, r, BLOCK_R):
@@ -101,8 +110,20 @@ def _quantize_rows_kernel(
         v = tl.minimum(tl.maximum(z / divisor, -127.0), 127.0)
         lo = tl.floor(v)
         frac = v - lo  # exact in float32
-        # Offsets are global element indices: the bits do not depend on block sizes.
-        u = tl.rand(seed, rows64[:, None] * r + cols[None, :])
+        # Counter-based noise, the same function as _torch_noise: u = lowbias32²(element index, key) / 2^24.
+        # Global element indices: the bits do not depend on block sizes.
+        idx = rows64[:, None] * r + cols[None, :]
+        h = (idx & 0xFFFFFFFF).to(tl.uint32) ^ k0
+        salt = (idx >> 32).to(tl.uint32) ^ k1
+        for rnd in tl.static_range(2):
+            h ^= h >> 16
+            h *= m1
+            h ^= h >> 15
+            h *= m2
+            h ^= h >> 16
+            if rnd == 0:
+                h ^= salt
+        u = (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
         q = lo + tl.where(u < frac, 1.0, 0.0)
         tl.store(out_ptr + rows64[:, None] * stride_out + cols[None, :], q.to(tl.int8), mask=mask)
 
@@ -162,7 +183,7 @@ def _triton_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def _triton_quantize(z: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _triton_quantize(z: torch.Tensor, seed: Seed) -> Tuple[torch.Tensor, torch.Tensor]:
     N, r = z.shape
     out = torch.empty((N, r), dtype=torch.int8, device=z.device)
     scale = torch.empty((N,), dtype=torch.float32, device=z.device)
@@ -170,9 +191,10 @@ def _triton_quantize(z: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Te
         return out, scale
     if r == 0:
         return out, scale.zero_()
+    key = rounding_key_of(seed, z.device)
     bm, br = _row_blocks(N, r)
     jitted(_quantize_rows_kernel)[(triton.cdiv(N, bm),)](
-        z, out, scale, N, r, z.stride(0), out.stride(0), seed, BLOCK_M=bm, BLOCK_R=br
+        z, out, scale, N, r, z.stride(0), out.stride(0), key, BLOCK_M=bm, BLOCK_R=br
     )
     return out, scale
 
@@ -197,23 +219,79 @@ def _torch_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
     return (x2d.float() @ q).to(x2d.dtype)
 
 
-def _torch_quantize(z: torch.Tensor, seed: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+def _torch_quantize(z: torch.Tensor, seed: Seed) -> Tuple[torch.Tensor, torch.Tensor]:
     zf = z.float()
     amax = zf.abs().amax(dim=1) if z.shape[1] else zf.new_zeros(z.shape[0])
     scale = amax / _QMAX
     # scale == 0 only for an all-zero row, whose z / 1 = 0: no 0/0 anywhere.
     v = (zf / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-_QMAX, _QMAX)
     lo = torch.floor(v)
-    # seed None: the default generator of z's device, drawn on the device (no host round trip).
-    gen = None if seed is None else torch.Generator(device=z.device).manual_seed(seed)
-    u = torch.rand(v.shape, generator=gen, device=z.device, dtype=torch.float32)
+    u = rounding_noise(rounding_key_of(seed, z.device), *z.shape)
     return (lo + (u < v - lo).float()).to(torch.int8), scale
 
 
+# ----------------------------------------------------------------------------- counter-based rounding noise
+# u_ij = lowbias32(lowbias32(i_lo ^ k0) ^ i_hi ^ k1) >> 8, / 2^24, for the global element index i = row·r + col
+# and a key (k0, k1) of two 32-bit words: a pure function of device tensors, so eager, aot_eager, inductor and
+# the Triton kernel (the same two rounds in uint32) draw the same bits, and torch.compile traces it (no
+# torch.Generator, no host seed). lowbias32 is a bijection of 32-bit words (C. Wellons' hash-prospector,
+# bias 0.17): within one call no two elements (below 2^32) share a hash. Torch holds the 32-bit words in int64.
+_M32 = 0xFFFFFFFF
+_LOWBIAS32 = (0x7FEB352D, 0x846CA68B)
+_COUNTER_SALT = 0x9E3779B9  # keeps a counter's high word (0 for 2^32 roundings) from cancelling the base
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x · c) mod 2^32 for int64 x in [0, 2^32): c in 16-bit halves keeps every product < 2^49 (no overflow)."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 of int64 words in [0, 2^32), elementwise; the Triton kernel computes it in uint32."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, _LOWBIAS32[0])
+    x = x ^ (x >> 15)
+    x = _mul32(x, _LOWBIAS32[1])
+    return x ^ (x >> 16)
+
+
+def rounding_key(base: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+    """Key (int64 [2], words < 2^32) of the `counter`-th rounding of a stream whose base is `base` (int64 [2])."""
+    words = torch.stack([counter & _M32, (counter >> 32) ^ _COUNTER_SALT])
+    return mix32(base ^ mix32(words))
+
+
+def rounding_noise(key: torch.Tensor, N: int, r: int) -> torch.Tensor:
+    """u in [0, 1) (float32 [N, r], multiples of 2^-24) of the key: what the Triton quantize kernel draws."""
+    idx = torch.arange(N * r, dtype=torch.int64, device=key.device).view(N, r)
+    h = mix32(mix32((idx & _M32) ^ key[0]) ^ (idx >> 32) ^ key[1])
+    return (h >> 8).float() * 2.0 ** -24
+
+
+def gaussian_noise(key: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """float32 [rows, cols] of the key, close to iid N(0, 1): Box-Muller on two `rounding_noise` uniforms
+    (24-bit: tails cut at sqrt(2 ln 2^24) = 5.8 sigma, a mass of 7e-9). Traceable: random bases drawn on the
+    device inside a compiled step, the same numbers in eager (sin/log of inductor may differ by an ulp)."""
+    u = rounding_noise(key, 2, rows * cols).view(2, rows, cols)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u[0]))  # 1 - u > 0: u < 1
+    return radius * torch.cos((2.0 * math.pi) * u[1])
+
+
+def rounding_key_of(seed: Seed, device) -> torch.Tensor:
+    """The key a `seed` argument names: an int64 [2] key tensor as is; an int's two 32-bit words (a host to
+    device copy, no sync); None a key drawn from torch's default generator of `device` (torch.manual_seed
+    and activation checkpointing's RNG restore reproduce it)."""
+    if seed is None:
+        return torch.randint(0, 2 ** 32, (2,), dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        return seed
+    return torch.tensor([seed & _M32, seed >> 32], dtype=torch.int64, device=device)
+
+
 def torch_fused_project(
-    x2d: torch.Tensor, q_fwd: torch.Tensor, storage_bits: int = 16, seed: Optional[int] = None
+    x2d: torch.Tensor, q_fwd: torch.Tensor, storage_bits: int = 16, seed: Seed = None
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """PyTorch reference of `fused_project` (same math, torch's RNG for the rounding)."""
+    """PyTorch reference of `fused_project` (same math, the same rounding noise)."""
     z = _torch_project(x2d, q_fwd)
     if storage_bits == 16:
         return z, None
@@ -230,7 +308,7 @@ def fused_project(
     x2d: torch.Tensor,
     q_fwd: torch.Tensor,
     storage_bits: int = 16,
-    seed: Optional[int] = None,
+    seed: Seed = None,
     kernel: str = "auto",
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Z = x2d @ q_fwd (float32 accumulation) as stored for the backward pass.
@@ -238,9 +316,8 @@ def fused_project(
     x2d: [N, n] float32/bfloat16/float16; q_fwd: [n, r] float32 (= [Q1 | c·Q2]).
     storage_bits=16 -> (Z in x2d's dtype, None).
     storage_bits=8  -> (int8 [N, r], float32 per-row scales [N]); E[q * scale] = Z.
-    seed: randomness of the stochastic rounding (Philox on GPU, torch.Generator in the
-    reference); None draws one from torch's default generator, so a checkpointed
-    recompute must pass the seed it drew.
+    seed: randomness of the stochastic rounding (`Seed`; the kernel and the reference draw the same
+    counter-based noise from it); None draws a key from torch's default generator.
     """
     _check_project_args(x2d, q_fwd, storage_bits, seed)
     path = resolve_kernel(kernel, x2d.device)
@@ -250,13 +327,14 @@ def fused_project(
     z = _triton_project(x2d, q_fwd)
     if storage_bits == 16:
         return z, None
-    return _triton_quantize(z, _resolve_seed(seed))
+    return _triton_quantize(z, seed)
 
 
-def quantize(z: torch.Tensor, seed: Optional[int] = None, kernel: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+def quantize(z: torch.Tensor, seed: Seed = None, kernel: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """8-bit storage of an already projected Z (e.g. from rmsnorm_project_forward): (int8, scales)."""
     if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"z: expected a 2-D float32/bfloat16/float16 tensor [N, r], got {_describe(z)}")
+    _check_seed(seed, z.device)
     if resolve_kernel(kernel, z.device) == "torch":
         return _torch_quantize(z, seed)
     return _triton_quantize(z.contiguous(), _resolve_seed(seed))
@@ -275,14 +353,6 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, kernel:
     return _triton_dequantize(q.contiguous(), scale.contiguous(), dtype)
 
 
-def _resolve_seed(seed: Optional[int]) -> int:
-    if seed is None:
-        # Drawn from torch's default CPU generator so torch.manual_seed reproduces it (and activation
-        # checkpointing, which restores it); a CPU tensor, so no device-to-host synchronisation.
-        return int(torch.randint(0, 2**31 - 1, (), device="cpu").item())
-    return seed
-
-
 def _check_project_args(x2d, q_fwd, storage_bits, seed) -> None:
     if not isinstance(x2d, torch.Tensor) or x2d.dim() != 2 or x2d.dtype not in _FLOAT_DTYPES:
         raise ValueError(f"x2d: expected a 2-D float32/bfloat16/float16 tensor [N, n], got {_describe(x2d)}")
@@ -294,8 +364,16 @@ def _check_project_args(x2d, q_fwd, storage_bits, seed) -> None:
         raise ValueError(f"q_fwd: on {q_fwd.device}, x2d on {x2d.device}; they must share a device")
     if storage_bits not in (16, 8) or isinstance(storage_bits, bool):
         raise ValueError(f"storage_bits={storage_bits!r}: accepted is 16 or 8")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise ValueError(f"seed={seed!r}: accepted is None or an integer in [0, 2**63)")
+    _check_seed(seed, x2d.device)
+
+
+def _check_seed(seed, device) -> None:
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.shape != (2,) or seed.device != torch.device(device):
+            raise ValueError(f"seed: a key tensor must be int64 of shape (2,) on {device}, got "
+                             f"{_describe(seed)} on {seed.device}")
+    elif seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed={seed!r}: accepted is None, an integer in [0, 2**63) or an int64 key tensor")
 
 
 def _describe(t) -> str:

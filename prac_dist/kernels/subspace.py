@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from .projection import gaussian_noise, rounding_key_of
+
 __all__ = ["randomized_principal_basis", "captured_energy"]
 
 
@@ -88,8 +90,8 @@ def _gram_operator(x: torch.Tensor, k: int, iters: int):
 
 
 def _start(n: int, k: int, q_prev: Optional[torch.Tensor], seed: int, device) -> torch.Tensor:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    omega = torch.randn(n, k, generator=gen, dtype=torch.float32).to(device)
+    # Counter-based normals drawn on the device (prac_dist.kernels.projection): torch.compile traces them.
+    omega = gaussian_noise(rounding_key_of(seed, device), n, k)
     if q_prev is not None:
         keep = min(k, q_prev.shape[1])
         omega[:, :keep] = q_prev[:, :keep].to(device=device, dtype=torch.float32)

@@ -9,6 +9,17 @@ import torch
 from prac_dist.core.subspace import Compressor
 
 
+def prepare(x: torch.Tensor, comp: Optional[Compressor]) -> Optional[torch.Tensor]:
+    """Before an autograd.Function that compresses x in its forward: refresh comp's bases if due and take
+    its next rounding key (None when it does not round). Done outside the Function because torch.compile
+    traces its forward as a pure subgraph: the refresh's eager code and the counter's in-place add go here."""
+    if comp is None:
+        return None
+    with torch.no_grad():
+        comp.refresh(x.detach().reshape(-1, x.shape[-1]))
+        return comp.next_seed() if comp.rounds else None
+
+
 def stored_input(x: torch.Tensor, comp: Optional[Compressor]) -> Tuple[torch.Tensor, ...]:
     """What to save for backward: (x,) or its compressed form. Call under the training forward."""
     if comp is None or not torch.is_grad_enabled():

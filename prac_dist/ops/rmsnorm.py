@@ -13,7 +13,7 @@ import torch
 from prac_dist.core.storage import pack_projected
 from prac_dist.kernels.dispatch import resolve_kernel
 from prac_dist.kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward
-from prac_dist.ops._saved import restored_input
+from prac_dist.ops._saved import prepare, restored_input
 
 __all__ = ["LeanRMSNormFunction", "lean_rms_norm"]
 
@@ -26,19 +26,18 @@ class LeanRMSNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, eps, comp, kernel):
+    def forward(ctx, x, weight, eps, comp, kernel, seed):
         x2d = x.reshape(-1, x.shape[-1])
         if comp is None:
             y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
             saved = (x,)
-        else:  # (autograd runs forward with grad off, so this compresses directly)
-            comp.refresh(x2d)
+        else:  # (autograd runs forward with grad off, so this compresses directly; `prepare` refreshed comp)
             if comp.projects and resolve_kernel(kernel, x.device) == "triton":
                 y, rstd, z = rmsnorm_project_forward(x2d, weight, eps, comp.q_fwd(x.dtype, x.device), kernel)
-                saved = pack_projected(z, comp.storage_bits, kernel, comp.next_seed())
+                saved = pack_projected(z, comp.storage_bits, kernel, seed)
             else:
                 y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
-                saved = comp.compress(x2d)
+                saved = comp.compress(x2d, seed)
         ctx.comp, ctx.shape, ctx.x_dtype, ctx.kernel = comp, x.shape, x.dtype, kernel
         ctx.save_for_backward(weight, rstd, *saved)
         return y.reshape(x.shape[:-1] + y.shape[-1:])
@@ -48,10 +47,10 @@ class LeanRMSNormFunction(torch.autograd.Function):
         weight, rstd, *saved_x = ctx.saved_tensors
         x = restored_input(tuple(saved_x), ctx.comp, ctx.shape, ctx.x_dtype).reshape(-1, ctx.shape[-1])
         dx, dw = rmsnorm_backward(dy.reshape(x.shape), x, weight, rstd, ctx.kernel)
-        return dx.reshape(ctx.shape), dw, None, None, None
+        return dx.reshape(ctx.shape), dw, None, None, None, None
 
 
 def lean_rms_norm(x, weight, eps, comp=None, kernel="auto"):
     if not torch.is_grad_enabled():
         return rmsnorm_forward(x.reshape(-1, x.shape[-1]), weight, eps, kernel)[0].reshape(x.shape)
-    return LeanRMSNormFunction.apply(x, weight, eps, comp, kernel)
+    return LeanRMSNormFunction.apply(x, weight, eps, comp, kernel, prepare(x, comp))

@@ -13,7 +13,7 @@ import torch
 from prac_dist.core.storage import pack_projected
 from prac_dist.kernels.dispatch import resolve_kernel
 from prac_dist.kernels.swiglu import swiglu_backward, swiglu_forward, swiglu_project_forward
-from prac_dist.ops._saved import restored_input
+from prac_dist.ops._saved import prepare, restored_input
 
 __all__ = ["LeanSwiGLUFunction", "lean_swiglu"]
 
@@ -26,23 +26,21 @@ class LeanSwiGLUFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, g, u, comp_g, comp_u, kernel):
+    def forward(ctx, g, u, comp_g, comp_u, kernel, seed_g, seed_u):
+        # (autograd runs forward with grad off: compress directly; `prepare` refreshed the compressors)
         n = g.shape[-1]
         g2d, u2d = g.reshape(-1, n), u.reshape(-1, n)
-        for comp, x2d in ((comp_g, g2d), (comp_u, u2d)):
-            if comp is not None:  # (autograd runs forward with grad off: compress directly, not via stored_input)
-                comp.refresh(x2d)
         if (comp_g is not None and comp_u is not None and comp_g.projects and comp_u.projects
                 and resolve_kernel(kernel, g.device) == "triton"):
             h, zg, zu = swiglu_project_forward(g2d, u2d, comp_g.q_fwd(g.dtype, g.device),
                                                comp_u.q_fwd(u.dtype, u.device), kernel)
-            saved_g = pack_projected(zg, comp_g.storage_bits, kernel, comp_g.next_seed())
-            saved_u = pack_projected(zu, comp_u.storage_bits, kernel, comp_u.next_seed())
+            saved_g = pack_projected(zg, comp_g.storage_bits, kernel, seed_g)
+            saved_u = pack_projected(zu, comp_u.storage_bits, kernel, seed_u)
             h = h.reshape(g.shape)
         else:
             h = swiglu_forward(g, u, kernel)
-            saved_g = comp_g.compress(g2d) if comp_g is not None else (g,)
-            saved_u = comp_u.compress(u2d) if comp_u is not None else (u,)
+            saved_g = comp_g.compress(g2d, seed_g) if comp_g is not None else (g,)
+            saved_u = comp_u.compress(u2d, seed_u) if comp_u is not None else (u,)
         ctx.comps, ctx.n_g, ctx.shape, ctx.dtype, ctx.kernel = (comp_g, comp_u), len(saved_g), g.shape, g.dtype, kernel
         ctx.save_for_backward(*saved_g, *saved_u)
         return h
@@ -54,10 +52,10 @@ class LeanSwiGLUFunction(torch.autograd.Function):
         g = restored_input(saved[: ctx.n_g], comp_g, ctx.shape, ctx.dtype)
         u = restored_input(saved[ctx.n_g:], comp_u, ctx.shape, ctx.dtype)
         dg, du = swiglu_backward(dh, g, u, ctx.kernel)
-        return dg, du, None, None, None
+        return dg, du, None, None, None, None, None
 
 
 def lean_swiglu(g, u, comp_g=None, comp_u=None, kernel="auto"):
     if not torch.is_grad_enabled():
         return swiglu_forward(g, u, kernel)
-    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, kernel)
+    return LeanSwiGLUFunction.apply(g, u, comp_g, comp_u, kernel, prepare(g, comp_g), prepare(u, comp_u))

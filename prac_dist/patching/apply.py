@@ -186,7 +186,7 @@ def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACSt
     model.__dict__[_STATE_ATTR] = state
     rank = rank_world()[0]  # Q2 draws and int8 roundings are seeded per data-parallel rank
     for comp in state.compressors.values():
-        comp.dp_rank = rank
+        comp.set_rank(rank)
     if cfg.fused_loss_backward is not None:
         state.fused_loss = _install_fused_loss(model, cfg.fused_loss_backward)
     watch_forwards(state, model)
