@@ -337,7 +337,7 @@ def quantize(z: torch.Tensor, seed: Seed = None, kernel: str = "auto") -> Tuple[
     _check_seed(seed, z.device)
     if resolve_kernel(kernel, z.device) == "torch":
         return _torch_quantize(z, seed)
-    return _triton_quantize(z.contiguous(), _resolve_seed(seed))
+    return _triton_quantize(z.contiguous(), seed)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype, kernel: str = "auto") -> torch.Tensor:
