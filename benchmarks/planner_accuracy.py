@@ -1,12 +1,18 @@
 """Planner accuracy: predicted vs measured bytes saved for backward (forward + loss), on CPU.
 
 For the full LLaMA-60M and LLaMA-130M shapes (and GPT-2 124M), bf16, SDPA, a small batch
-(saved bytes are linear in the batch; the batch-independent part is a few KiB of rotary
-tables), baseline and several PRAC settings. Measured with prac_dist.memory.measure_saved_bytes;
-predicted with prac_dist.planner.saved_bytes (a formula, no measurement). Target: within 5%.
+(saved bytes are linear in the batch, except the fused head's store-mode float32 dW and a few
+KiB of rotary tables), the settings the project recommends: the baseline with HF's and the fused
+loss head (backward 'auto', 'store', 'recompute'), PRACConfig() and its presets lean(), paper(),
+paper(storage_bits=8), PRACConfig(storage_bits=16), fused_loss=False/'store'/'recompute'. Each PRAC row
+applies the PRACConfig itself and predicts from Setting.from_config(config), so a changed default
+changes both sides. Measured with prac_dist.memory.measure_saved_bytes; predicted with
+prac_dist.planner.saved_bytes (a formula, no measurement). Target: within 5%.
 
     OMP_NUM_THREADS=1 python benchmarks/planner_accuracy.py [--batch 1] [--seq 128]
 
+At the default 128 tokens the fused head's 'auto' runs 'recompute' (store_fits: 'store' from about d
+tokens on); the 'store' rows measure the other mode, float32 dW (4·V·d) included.
 The principal basis is computed with principal_solver="randomized" to keep the CPU run short
 (the exact eigendecomposition gives bases of the same shapes, hence the same bytes).
 Prints a table and writes benchmarks/results/planner_accuracy.json.
@@ -15,49 +21,66 @@ Prints a table and writes benchmarks/results/planner_accuracy.json.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import List, Tuple, Union
 
 import torch
 
-import prac_dist
 from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner import PRESETS, Setting, build_model, saved_bytes
+from prac_dist.planner.activations import head_backward
 
 from _bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-SETTINGS = [
-    Setting(),
-    Setting(fused_loss=True),
-    Setting(prac=True, fused_loss=True),  # the PRACConfig defaults
-    Setting(prac=True, compress_nonlinear=False),
-    Setting(prac=True, principal_ratio=0.2, random_ratio=0.2, nonlinear_principal_ratio=0.1,
-            nonlinear_random_ratio=0.1, storage_bits=8, fused_loss=True),
-    Setting(prac=True, principal_ratio=0.4, random_ratio=0.4, nonlinear_principal_ratio=0.3,
-            nonlinear_random_ratio=0.3, fused_loss=False),
+Case = Union[Setting, PRACConfig]
+"""A baseline (a Setting without PRAC: HF's head or the fused one) or a PRACConfig to apply."""
+
+CASES: List[Tuple[str, Case]] = [
+    ("baseline", Setting()),
+    ("fused loss (auto)", Setting(fused_loss=True)),
+    ("fused loss store", Setting(fused_loss="store")),
+    ("fused loss recompute", Setting(fused_loss="recompute")),
+    ("PRACConfig()", PRACConfig()),
+    ("PRACConfig(fused_loss=False)", PRACConfig(fused_loss=False)),
+    ("PRACConfig(storage_bits=16)", PRACConfig(storage_bits=16)),
+    ("PRACConfig(fused_loss='store')", PRACConfig(fused_loss="store")),
+    ("PRACConfig(fused_loss='recompute')", PRACConfig(fused_loss="recompute")),
+    ("PRACConfig.lean()", PRACConfig.lean()),
+    ("PRACConfig.paper()", PRACConfig.paper()),
+    ("PRACConfig.paper(storage_bits=8)", PRACConfig.paper(storage_bits=8)),
 ]
 
 
-def measure(model, setting: Setting, x: torch.Tensor) -> int:
-    """Apply the setting, count the saved bytes of model(input_ids=x, labels=x).loss, undo it."""
-    if setting.prac:
-        apply_prac(model, PRACConfig(principal_solver="randomized", **setting.prac_config_dict()))
-    elif setting.fused_loss:
-        assert install_fused_loss(model)
+def setting_of(case: Case) -> Setting:
+    """What the planner is asked about for this case."""
+    return case if isinstance(case, Setting) else Setting.from_config(case)
+
+
+def measure(model, case: Case, x: torch.Tensor) -> int:
+    """Apply the case, count the saved bytes of model(input_ids=x, labels=x).loss, undo it."""
+    fused = isinstance(case, Setting) and case.fused_loss_backward
+    if isinstance(case, PRACConfig):
+        apply_prac(model, dataclasses.replace(case, principal_solver="randomized"))
+    elif fused:
+        assert install_fused_loss(model, backward=fused)
     try:
-        report = measure_saved_bytes(lambda: model(input_ids=x, labels=x).loss, model)
-        return report.total_bytes
+        return measure_saved_bytes(lambda: model(input_ids=x, labels=x).loss, model).total_bytes
     finally:
-        if setting.prac:
+        if isinstance(case, PRACConfig):
             remove_prac(model)
-        elif setting.fused_loss:
+        elif fused:
             uninstall_fused_loss(model)
+
+
+def predict(shape, case: Case, batch: int, seq: int, b: int) -> int:
+    return sum(saved_bytes(shape, setting_of(case), batch, seq, b).values())
 
 
 def main(argv=None) -> int:
@@ -69,19 +92,23 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
     rows = []
-    print(f"{'model':<11} {'setting':<46} {'measured MiB':>12} {'predicted MiB':>13} {'error':>7}")
+    print(f"{'model':<11} {'setting':<36} {'measured MiB':>12} {'predicted MiB':>13} {'error':>7}")
     for name in args.models:
         torch.manual_seed(0)
         shape = PRESETS[name]
         model = build_model(shape, dtype=torch.bfloat16)
         x = torch.randint(0, shape.vocab, (args.batch, args.seq))
-        for s in SETTINGS:
-            got = measure(model, s, x)
-            want = sum(saved_bytes(shape, s, args.batch, args.seq, 2).values())
+        for label, case in CASES:
+            got = measure(model, case, x)
+            want = predict(shape, case, args.batch, args.seq, 2)
             err = (want - got) / got
-            rows.append({"model": name, "setting": s.label(), "prac_config": s.prac_config_dict(),
-                         "measured_bytes": got, "predicted_bytes": want, "relative_error": err})
-            print(f"{name:<11} {s.label():<46} {got / 2**20:>12.2f} {want / 2**20:>13.2f} {err:>+7.2%}", flush=True)
+            s = setting_of(case)
+            rows.append({"model": name, "setting": label, "planner_label": s.label(),
+                         "prac_config": case.to_dict() if isinstance(case, PRACConfig) else {},
+                         "fused_loss": s.fused_loss,
+                         "head_backward": head_backward(shape, s, args.batch * args.seq, 2), "measured_bytes": got, "predicted_bytes": want,
+                         "relative_error": err})
+            print(f"{name:<11} {label:<36} {got / 2**20:>12.2f} {want / 2**20:>13.2f} {err:>+7.2%}", flush=True)
         del model
     worst = max(abs(r["relative_error"]) for r in rows)
     print(f"worst |error| {worst:.3%} (target <= 5%)")

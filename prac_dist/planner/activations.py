@@ -24,20 +24,31 @@ exact, int8 (nonlinear_storage, the default) or projected ('project', the paper)
 and up outputs (SiLU recomputed), GELU its input; the attention-output linear stays exact (it
 shares SDPA's storage).
 Head: HF keeps the lm_head input (bd), the float32 log-softmax (4V) and the shifted labels (8);
-the fused loss keeps the input, labels (8) and a float32 logsumexp (4).
+the fused loss (prac_dist.loss) in backward='recompute' keeps the input, labels (8) and a float32
+logsumexp (4); in backward='store' it keeps the finished dX (bd) and the float32 dW (4Vd, no bias on
+these heads), whatever the batch. 'auto' (fused_loss=True) picks by prac_dist.loss.store_fits, per
+micro-batch: store from about d tokens on (LLaMA-60M: 517), so one setting's head changes with the batch.
+The dW buffer is no activation, but it is held exactly as long (head forward to head backward) and the
+head saves it for backward, so measure_saved_bytes counts it: it is the component 'head_buffers' of
+saved_bytes, and prac_dist.planner.plan's transient does not count it a second time.
 A checkpointed layer keeps only its input (bd) until its recompute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Dict
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 from prac_dist.core.cost import linear_storage_mode, stored_bytes_per_token
+from prac_dist.loss.linear_cross_entropy import BACKWARDS, store_fits
 
 from .presets import ModelShape
 
-__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "ranks", "linear_groups"]
+if TYPE_CHECKING:
+    from prac_dist.config import PRACConfig
+
+__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "ranks", "linear_groups", "head_backward"]
 
 _STAT = 4  # float32 per-row norm statistic (rstd, mean)
 _INT64 = 8
@@ -58,9 +69,31 @@ class Setting:
     """PRACConfig.linear_storage: 'auto' (project q/k/v and gate/up, int8 elsewhere), 'project' or 'int8'."""
     nonlinear_storage: str = "int8"
     """PRACConfig.nonlinear_storage; 'project' is the paper's method (PRACConfig.paper(): T1 = 500, exact eigh)."""
-    fused_loss: bool = False
+    fused_loss: Union[bool, str] = False
+    """PRACConfig.fused_loss: False (HF's head), True or 'auto' (store when store_fits), 'store', 'recompute'."""
     checkpoint_every: int = 0
     """0: no activation checkpointing; k: checkpoint layers 0, k, 2k, ... (k = 1: all)."""
+
+    def __post_init__(self) -> None:
+        if self.fused_loss not in (False, True) + BACKWARDS:
+            raise ValueError(f"Setting.fused_loss={self.fused_loss!r}: accepted is false, true or one of "
+                             f"{list(BACKWARDS)}")
+
+    @classmethod
+    def from_config(cls, config: "PRACConfig", checkpoint_every: int = 0) -> "Setting":
+        """The setting of apply_prac(model, config): its storage fields, ratios and loss head."""
+        if config.target_modules is not None:
+            raise ValueError(f"PRACConfig.target_modules={list(config.target_modules)!r}: the planner models the "
+                             f"architecture table's linears; accepted is None")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"prac", "checkpoint_every"}
+        return cls(prac=True, checkpoint_every=checkpoint_every, **{k: getattr(config, k) for k in fields})
+
+    @property
+    def fused_loss_backward(self) -> Optional[str]:
+        """The installed head's `backward=` mode, None for HF's head (as PRACConfig.fused_loss_backward)."""
+        if self.fused_loss is False:
+            return None
+        return "auto" if self.fused_loss is True else self.fused_loss
 
     def checkpointed_layers(self, layers: int) -> int:
         if self.checkpoint_every <= 0:
@@ -82,8 +115,10 @@ class Setting:
             parts.append(f"Z {self.storage_bits}-bit")
         else:
             parts.append("baseline")
-        if self.fused_loss:
+        if self.fused_loss is True or self.fused_loss == "auto":
             parts.append("fused loss")
+        elif self.fused_loss:
+            parts.append(f"fused loss {self.fused_loss}")
         if self.checkpoint_every == 1:
             parts.append("ckpt all")
         elif self.checkpoint_every > 1:
@@ -171,8 +206,21 @@ def _final_norm_per_token(shape: ModelShape, s: Setting, b: int) -> int:
     return 4 * d + b * d + _STAT if shape.family == "llama" else b * d + 2 * _STAT
 
 
-def _head_per_token(shape: ModelShape, s: Setting, b: int) -> int:
-    if s.fused_loss:
+def head_backward(shape: ModelShape, s: Setting, tokens: int, b: int) -> Optional[str]:
+    """'store' or 'recompute': what the fused head runs on a micro-batch of `tokens` (None: HF's head).
+
+    'auto' decides as prac_dist.loss.linear_cross_entropy does, on these bias-free heads.
+    """
+    mode = s.fused_loss_backward
+    if mode != "auto":
+        return mode
+    return "store" if store_fits(tokens, shape.hidden, shape.vocab, b, bias=False) else "recompute"
+
+
+def _head_per_token(shape: ModelShape, mode: Optional[str], b: int) -> int:
+    if mode == "store":
+        return b * shape.hidden  # dX
+    if mode == "recompute":
         return b * shape.hidden + _INT64 + 4
     return b * shape.hidden + 4 * shape.vocab + _INT64
 
@@ -187,7 +235,10 @@ def saved_bytes(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b
     out["checkpointed_inputs"] = ckpt * b * shape.hidden * n
     out["embedding"] = _INT64 * n  # the input ids (the embedding's indices)
     out["final_norm"] = _final_norm_per_token(shape, s, b) * n
-    out["head"] = _head_per_token(shape, s, b) * n
+    mode = head_backward(shape, s, n, b)
+    out["head"] = _head_per_token(shape, mode, b) * n
+    # Store mode's float32 dW, held from the head's forward to its backward (see the module docstring).
+    out["head_buffers"] = 4 * shape.vocab * shape.hidden if mode == "store" else 0
     # Batch-independent: LLaMA's rotary cos and sin (seq x head_dim each, one copy for all layers);
     # GPT-2's position ids. Plus the loss's scalar divisor.
     if shape.family == "llama":

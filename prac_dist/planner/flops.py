@@ -12,7 +12,7 @@ attention, plus QR 2mn² and eigh 9n³), so the two can be held to each other (t
                   'project') adds Z = X·Q forward and X~ = Z·Qᵀ backward (4·N·n·r); each projected
                   basis's refresh (cost.refresh_flops) once per T1 = 500 steps, amortised
   head            6·N·d·V for HF's head and the fused loss's backward='store'; 8·N·d·V when the
-                  fused loss recomputes the logits (store_fits says no)
+                  fused loss recomputes the logits ('recompute'; 'auto' where store_fits says no)
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from __future__ import annotations
 from typing import Dict
 
 from prac_dist.core.cost import projection_extra_flops, refresh_flops
-from prac_dist.loss.linear_cross_entropy import store_fits
 
-from .activations import Setting, linear_groups, storage_mode
+from .activations import Setting, head_backward, linear_groups, storage_mode
 from .presets import ModelShape
 
 __all__ = ["step_flops", "REFRESH_INTERVAL"]
@@ -87,7 +86,7 @@ def step_flops(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b:
     decoder = shape.layers * layer + ckpt * (forward - last_linear)
     refresh = 0
     head = 6 * n * d * v
-    if s.fused_loss and not store_fits(n, d, v, b, bias=False):
+    if head_backward(shape, s, n, b) == "recompute":
         head = 8 * n * d * v
     if s.prac:
         extra = _prac_layer(shape, s, n)

@@ -1,7 +1,9 @@
 """plan(): predict peak memory and FLOPs per setting and pick the fastest one that fits a budget.
 
 Peak = model states (parameters, gradients, optimizer: ZeRO paper accounting, sharded per engine)
-     + activations saved for backward (prac_dist.planner.activations, a formula per module type)
+     + activations saved for backward (prac_dist.planner.activations, a formula per module type),
+       with the fused head's backward='store' float32 dW: held from forward to backward like them
+       (4·V·d whatever the batch; its component 'head_buffers')
      + the largest backward transient (head logits or chunk, one layer's gradient temporaries,
        one checkpointed layer's recompute)
      + engine buffers (ZeRO-3/FSDP2 gathered parameters, ZeRO-1/2 gradient bucket).
@@ -16,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .activations import Setting, layer_saved_bytes_per_token, saved_bytes
+from .activations import Setting, head_backward, layer_saved_bytes_per_token, saved_bytes
 from .flops import step_flops
 from .presets import PRESETS, ModelShape, get_shape, shape_from_config
 
@@ -112,7 +114,9 @@ class Plan:
         if cfg:
             out.append("      PRACConfig(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")")
         elif p.setting.fused_loss:
-            out.append("      prac_dist.loss.install_fused_loss(model)")
+            mode = p.setting.fused_loss_backward
+            out.append("      prac_dist.loss.install_fused_loss(model" + ("" if mode == "auto" else
+                                                                       f", backward={mode!r}") + ")")
         ck = p.setting.checkpoint_every
         if ck:
             out.append(f"      checkpoint decoder layers {list(range(0, self.shape.layers, ck))}")
@@ -231,16 +235,8 @@ def _buffers(shape: ModelShape, engine: str, world: int, b: int) -> int:
 
 def _transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
     """The largest short-lived allocation of the step, on top of the saved activations."""
-    d, f, v = shape.hidden, shape.ffn, shape.vocab
-    if s.fused_loss:
-        from prac_dist.loss import auto_chunk_size
-
-        chunk = auto_chunk_size(n, v)
-        # Chunk logits (float32 + model-dtype cast), float32 dW accumulator, dHidden.
-        head = chunk * v * (4 + b) + 4 * v * d + b * n * d
-    else:
-        # log_softmax backward: the dense float32 gradient from nll_loss and its own float32 result.
-        head = n * v * 8
+    d, f = shape.hidden, shape.ffn
+    head = _head_transient(shape, s, n, b)
     width = max(d, f)
     # One layer's backward: activation gradients (model dtype) and float32 temporaries of the
     # norm/activation backward, about 2 x width each; plus, under PRAC, one decompressed input.
@@ -249,6 +245,22 @@ def _transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
         per_token = sum(layer_saved_bytes_per_token(shape, s, b).values())
         layer += n * per_token  # one checkpointed layer's activations, live during its recompute
     return max(head, layer)
+
+
+def _head_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
+    """The loss head's largest short-lived allocation."""
+    d, v = shape.hidden, shape.vocab
+    mode = head_backward(shape, s, n, b)
+    if mode is None:
+        # log_softmax backward: the dense float32 gradient from nll_loss and its own float32 result.
+        return n * v * 8
+    from prac_dist.loss import auto_chunk_size
+
+    # Chunk logits (float32 + model-dtype cast); 'recompute' also allocates its float32 dW accumulator
+    # and dHidden in backward. 'store' holds those from its forward on: they are in the activations
+    # ('head_buffers', 'head'), not counted again here.
+    head = auto_chunk_size(n, v) * v * (4 + b)
+    return head + (4 * v * d + b * n * d if mode == "recompute" else 0)
 
 
 def _evaluate(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, engine: str, world: int,

@@ -6,7 +6,7 @@ import pytest
 
 from prac_dist.planner import PRESETS, Setting, plan, shape_from_config
 from prac_dist.planner.cli import main, parse_bytes
-from prac_dist.planner.plan import _rank_key
+from prac_dist.planner.plan import _evaluate, _head_transient, _rank_key
 
 GIB = 2**30
 
@@ -56,9 +56,35 @@ def test_prac_and_fused_loss_lower_the_prediction():
     base = by_label["baseline"].components["activations"]
     fused = by_label["baseline, fused loss"].components["activations"]
     prac = by_label["PRAC 0.3/0.3, nl int8, Z 8-bit, fused loss"].components["activations"]
-    # Per token: float32 log-softmax out, float32 logsumexp in; the constant divisor grows 4 -> 8 bytes.
-    assert base - fused == 64 * 256 * (4 * 32000 - 4) - 4
+    # 16,384 tokens: 'auto' stores. Per token the float32 log-softmax (4V) and HF's labels (8) go, dX
+    # replaces the head's input; the float32 dW (4Vd) is held instead; the constant divisor grows 4 -> 8 bytes.
+    assert base - fused == 64 * 256 * (4 * 32000 + 8) - 4 * 32000 * 768 - 4
+    assert fused_row_is_store(p)
     assert prac < 0.4 * base
+
+
+def fused_row_is_store(p) -> bool:
+    row = next(r for r in p.rows if r.setting.label() == "baseline, fused loss")
+    return row.activations["head_buffers"] == 4 * p.shape.vocab * p.shape.hidden
+
+
+def test_fused_head_store_counts_its_dw_once():
+    # 'store' holds the float32 dW from forward to backward: in the activations (head_buffers), so the
+    # head's transient is only the chunk logits; 'recompute' allocates dW and dX in its backward.
+    shape, n, b = PRESETS["llama_130m"], 64 * 256, 2
+    store, recompute = (_evaluate(shape, Setting(fused_loss=m), 64, 256, "single", 1, b, 80 * GIB)
+                        for m in ("store", "recompute"))
+    dw, dx, chunk_logits = 4 * shape.vocab * shape.hidden, b * n * shape.hidden, 524 * shape.vocab * (4 + b)
+    assert store.activations["head_buffers"] == dw and recompute.activations["head_buffers"] == 0
+    # Saved: store keeps dX (b·d per token), recompute the input, labels and logsumexp (b·d + 12).
+    assert store.activations["head"] == dx and recompute.activations["head"] == dx + 12 * n
+    assert _head_transient(shape, Setting(fused_loss="store"), n, b) == chunk_logits
+    assert _head_transient(shape, Setting(fused_loss="recompute"), n, b) == chunk_logits + dw + dx
+
+
+def test_setting_rejects_an_unknown_fused_loss():
+    with pytest.raises(ValueError, match="fused_loss='sotre'.*'store'"):
+        Setting(fused_loss="sotre")
 
 
 def test_config_input_matches_preset():
