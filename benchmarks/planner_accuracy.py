@@ -98,7 +98,7 @@ def _rows(name: str, model, x: torch.Tensor) -> List[dict]:
                      "prac_config": case.to_dict() if isinstance(case, PRACConfig) else {},
                      "fused_loss": s.fused_loss, "head_backward": head_backward(shape, s, batch * seq, 2),
                      "measured_bytes": got, "predicted_bytes": want, "relative_error": err})
-        print(f"{name:<11} {batch * seq:>6} {label:<36} {got / 2**20:>12.2f} {want / 2**20:>13.2f} {err:>+7.2%}",
+        print(f"{name:<11} {batch * seq:>6} {label:<36} {got / 2**20:>12.2f} {want / 2**20:>13.2f} {err:>+8.3%}",
               flush=True)
     return rows
 
@@ -114,24 +114,31 @@ def main(argv=None) -> int:
     t0 = time.time()
     rows = []
     print(f"{'model':<11} {'tokens':>6} {'setting':<36} {'measured MiB':>12} {'predicted MiB':>13} {'error':>7}")
-    for name in args.models:
-        torch.manual_seed(0)
-        shape = PRESETS[name]
-        model = build_model(shape, dtype=torch.bfloat16)
-        for batch in args.batch:
+    for batch in args.batch:  # every model at the first batch first: a run cut short keeps what it measured
+        for name in args.models:
+            torch.manual_seed(0)
+            shape = PRESETS[name]
+            model = build_model(shape, dtype=torch.bfloat16)
             rows += _rows(name, model, torch.randint(0, shape.vocab, (batch, args.seq)))
-        del model
-    worst = max(abs(r["relative_error"]) for r in rows)
+            _write(args, rows, t0, complete=False)
+            del model
+    worst = _write(args, rows, t0, complete=True)
     print(f"worst |error| {worst:.3%} (target <= 5%)")
-    result = {
-        "batches": args.batch, "seq": args.seq, "dtype": "bfloat16",
-        "attn_implementation": "sdpa", "rows": rows, "worst_abs_relative_error": worst,
-        "meets_target": worst <= 0.05, "seconds": round(time.time() - t0, 1),
-        "note": "CPU measurement of saved bytes; the GPU peak check (max_memory_allocated) was not run: no GPU",
-    }
-    out = write_result(args.out, "planner_accuracy", result)
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
     return 0 if worst <= 0.05 else 1
+
+
+def _write(args, rows: List[dict], t0: float, complete: bool) -> float:
+    worst = max(abs(r["relative_error"]) for r in rows)
+    write_result(args.out, "planner_accuracy", {
+        "batches": args.batch, "seq": args.seq, "dtype": "bfloat16", "attn_implementation": "sdpa",
+        "models": args.models, "complete": complete, "rows": rows, "worst_abs_relative_error": worst,
+        "meets_target": worst <= 0.05, "seconds": round(time.time() - t0, 1),
+        "note": "CPU measurement of saved bytes; the GPU peak check (max_memory_allocated) was not run: no GPU. "
+                "GPT-2 rows with HF's LayerNorm (baseline, lean) differ by its CPU statistics: bf16 mean/rstd, "
+                "the formula counts CUDA's float32 (tests/planner/test_accuracy.py accounts for it to the byte)",
+    })
+    return worst
 
 
 if __name__ == "__main__":

@@ -247,4 +247,8 @@ def saved_bytes(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b
     else:
         out["constant"] = _INT64 * seq_len
     out["constant"] += _INT64 if s.fused_loss else 4
+    if micro_batch == 1 and mode != "store":
+        # The saved shifted labels are a view of the padded (seq + 1)-long ones: one row's slice is
+        # contiguous, so neither HF's .contiguous() nor the fused head's reshape copies it.
+        out["constant"] += _INT64
     return out

@@ -65,9 +65,10 @@ def test_predicted_saved_bytes_match_measured(family, dtype):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_auto_head_below_the_store_threshold_matches_measured(family):
-    # 48 tokens: 'auto' recomputes, and the prediction follows it.
+    # 48 tokens: 'auto' recomputes, and the prediction follows it. One row: the saved labels keep the
+    # padded row's storage (8 bytes more than at 2 rows).
     assert head_backward(TINY[family], Setting(fused_loss=True), 48, 2) == "recompute"
-    _check(family, torch.bfloat16, 2, 24, ["fused loss (auto)", "PRACConfig()"])
+    _check(family, torch.bfloat16, 1, 48, ["baseline", "fused loss (auto)", "fused loss store", "PRACConfig()"])
 
 
 def test_store_mode_holds_the_float32_dw_whatever_the_batch():
@@ -96,7 +97,7 @@ def test_saved_bytes_scale_linearly_with_batch():
     for key in one:
         if key != "constant":
             assert four[key] == 4 * one[key], key
-    assert four["constant"] == one["constant"]
+    assert four["constant"] == one["constant"] - 8  # a single row's labels keep their padded storage
 
 
 def test_checkpointed_layers_keep_only_their_input():
