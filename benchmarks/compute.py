@@ -142,6 +142,17 @@ def settings() -> Dict[str, dict]:
     }
 
 
+def _selected(names) -> Dict[str, dict]:
+    """settings(), or the ones named (the baseline always: every ratio is to it)."""
+    table = settings()
+    if not names:
+        return table
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"--settings {unknown[0]!r}: accepted are {list(table)}")
+    return {n: s for n, s in table.items() if n == "baseline" or n in names}
+
+
 def _checkpoint_layers(model, kwargs: dict) -> None:
     """HF activation checkpointing of every decoder layer (transformers 5 renamed gradient_checkpointing_enable)."""
     if hasattr(model, "activation_checkpointing_enable"):
@@ -234,7 +245,7 @@ def time_steps(shape, names: List[str], batch: int, seq: int, steps: int, seed: 
 
 
 def measure_shape(name: str, shape, args) -> Dict[str, object]:
-    table = settings()
+    table = _selected(args.settings)
     rows = []
     for label, setting in table.items():
         t0 = time.time()
@@ -318,6 +329,8 @@ def main(argv=None) -> int:
     ap.add_argument("--time-batch", type=int, default=2)
     ap.add_argument("--time-steps", type=int, default=5)
     ap.add_argument("--skip-time", action="store_true")
+    ap.add_argument("--settings", nargs="+", default=None, metavar="NAME",
+                    help="measure only these settings (names as in the table; the baseline is always measured)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=None, help="override the shape's vocabulary (smoke tests)")
     ap.add_argument("--hidden", type=int, default=None, help="override hidden size (smoke tests)")

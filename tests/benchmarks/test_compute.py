@@ -89,3 +89,15 @@ def test_script_end_to_end(tmp_path):
 def test_rejects_fewer_than_five_timed_steps():
     with pytest.raises(SystemExit):
         compute.main(["--time-steps", "3"])
+
+
+def test_settings_filter_keeps_the_baseline_and_rejects_unknown_names(tmp_path):
+    out = tmp_path / "compute.json"
+    rc = compute.main(["--hidden", "64", "--ffn", "160", "--heads", "4", "--vocab", "512", "--seq", "32",
+                       "--flop-batch", "2", "--byte-batch", "2", "--skip-time", "--settings", "PRACConfig()",
+                       "--out", str(out), "--png", str(tmp_path / "c.png")])
+    assert rc == 0
+    rows = json.loads(out.read_text())["results"]["llama_130m"]["rows"]
+    assert [r["setting"] for r in rows] == ["baseline", "PRACConfig()"]
+    with pytest.raises(SystemExit, match="'nope'"):
+        compute.main(["--settings", "nope", "--skip-time"])
