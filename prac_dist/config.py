@@ -18,6 +18,13 @@ from prac_dist.validate import ConfigError, build, check_fields
 __all__ = ["PRACConfig"]
 
 
+def fused_loss_backward(fused_loss) -> Optional[str]:
+    """The fused head's `backward=` mode for a `fused_loss` setting: None when off, 'auto' for True."""
+    if fused_loss is False:
+        return None
+    return "auto" if fused_loss is True else fused_loss
+
+
 @dataclass(frozen=True)
 class PRACConfig:
     principal_ratio: float = 0.3
@@ -147,9 +154,7 @@ class PRACConfig:
     @property
     def fused_loss_backward(self) -> Optional[str]:
         """The installed head's `backward=` mode, None when fused_loss is off (true means 'auto')."""
-        if self.fused_loss is False:
-            return None
-        return "auto" if self.fused_loss is True else self.fused_loss
+        return fused_loss_backward(self.fused_loss)
 
     def ranks(self, n: int, nonlinear: bool = False) -> Tuple[int, int]:
         """(r1, r2) for a layer of input width n."""

@@ -40,6 +40,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Optional, Union
 
+from prac_dist.config import fused_loss_backward
 from prac_dist.core.cost import linear_storage_mode, stored_bytes_per_token
 from prac_dist.loss.linear_cross_entropy import BACKWARDS, store_fits
 
@@ -90,10 +91,8 @@ class Setting:
 
     @property
     def fused_loss_backward(self) -> Optional[str]:
-        """The installed head's `backward=` mode, None for HF's head (as PRACConfig.fused_loss_backward)."""
-        if self.fused_loss is False:
-            return None
-        return "auto" if self.fused_loss is True else self.fused_loss
+        """The installed head's `backward=` mode, None for HF's head (the rule PRACConfig applies)."""
+        return fused_loss_backward(self.fused_loss)
 
     def checkpointed_layers(self, layers: int) -> int:
         if self.checkpoint_every <= 0:
