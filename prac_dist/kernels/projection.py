@@ -110,7 +110,7 @@ def _quantize_rows_kernel(
         v = tl.minimum(tl.maximum(z / divisor, -127.0), 127.0)
         lo = tl.floor(v)
         frac = v - lo  # exact in float32
-        # Counter-based noise, the same function as _torch_noise: u = lowbias32²(element index, key) / 2^24.
+        # Counter-based noise, the same function as rounding_noise: u = lowbias32²(element index, key) / 2^24.
         # Global element indices: the bits do not depend on block sizes.
         idx = rows64[:, None] * r + cols[None, :]
         h = (idx & 0xFFFFFFFF).to(tl.uint32) ^ k0

@@ -210,17 +210,25 @@ def _fill(local: torch.Tensor, rule: _Rule, seed: int, name: str, row_start: int
     rows = local.shape[0] if local.dim() else 1
     if rows == 0:
         return
-    row_elems = math.prod(global_shape[1:]) if len(global_shape) > 1 else 1
-    block = max(1, _BLOCK_ELEMENTS // max(1, row_elems))
-    first, last = row_start // block, (row_start + rows - 1) // block
-    for b in range(first, last + 1):
+    block = _rows_per_block(global_shape)
+    for b in range(row_start // block, (row_start + rows - 1) // block + 1):
         lo, hi = max(b * block, row_start), min((b + 1) * block, row_start + rows, global_shape[0])
-        gen = torch.Generator().manual_seed(_block_seed(seed, name, b))
-        drawn = torch.empty((min(block, global_shape[0] - b * block),) + tuple(global_shape[1:]))
-        drawn.normal_(0.0, rule.std, generator=gen)
+        drawn = _draw_block(rule, seed, name, b, block, global_shape)
         local[lo - row_start:hi - row_start].copy_(drawn[lo - b * block:hi - b * block])
-    if rule.padding_idx >= 0 and row_start <= rule.padding_idx < row_start + rows:
-        local[rule.padding_idx - row_start].zero_()
+
+
+def _rows_per_block(global_shape) -> int:
+    row_elems = math.prod(global_shape[1:]) if len(global_shape) > 1 else 1
+    return max(1, _BLOCK_ELEMENTS // max(1, row_elems))
+
+
+def _draw_block(rule: _Rule, seed: int, name: str, b: int, block: int, global_shape) -> torch.Tensor:
+    """Rows [b·block, (b+1)·block) of a 'normal' parameter, from the (seed, name, b) generator (padding row zero)."""
+    drawn = torch.empty((min(block, global_shape[0] - b * block),) + tuple(global_shape[1:]))
+    drawn.normal_(0.0, rule.std, generator=torch.Generator().manual_seed(_block_seed(seed, name, b)))
+    if rule.padding_idx >= 0 and b * block <= rule.padding_idx < b * block + drawn.shape[0]:
+        drawn[rule.padding_idx - b * block].zero_()
+    return drawn
 
 
 def _fill_flat(flat: torch.Tensor, rule: _Rule, seed: int, name: str, start: int, global_shape) -> None:
@@ -231,16 +239,12 @@ def _fill_flat(flat: torch.Tensor, rule: _Rule, seed: int, name: str, start: int
     if count == 0 or rule.kind != "normal":
         _fill(flat[:count], rule, seed, name, 0, (count,))  # zeros or ones: no draws
         return
-    rows = global_shape[0] if global_shape else 1
-    row_elems = math.prod(global_shape[1:]) if len(global_shape) > 1 else 1
-    block = max(1, _BLOCK_ELEMENTS // max(1, row_elems))  # rows per generator, as in _fill
+    block = _rows_per_block(global_shape)
+    block_elems = block * math.prod(global_shape[1:])
     end = start + count
-    for b in range(start // (block * row_elems), (end - 1) // (block * row_elems) + 1):
-        b_start = b * block * row_elems
-        drawn = torch.empty((min(block, rows - b * block),) + tuple(global_shape[1:]))
-        drawn.normal_(0.0, rule.std, generator=torch.Generator().manual_seed(_block_seed(seed, name, b)))
-        if rule.padding_idx >= 0 and b * block <= rule.padding_idx < b * block + drawn.shape[0]:
-            drawn[rule.padding_idx - b * block].zero_()
+    for b in range(start // block_elems, (end - 1) // block_elems + 1):
+        b_start = b * block_elems
+        drawn = _draw_block(rule, seed, name, b, block, global_shape)
         lo, hi = max(start, b_start), min(end, b_start + drawn.numel())
         flat[lo - start:hi - start].copy_(drawn.view(-1)[lo - b_start:hi - b_start])
 
