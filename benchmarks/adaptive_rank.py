@@ -6,7 +6,7 @@ layers, keeping their total (hence the stored bytes). ('energy' is left out: on 
 activations its gradient variance is 2.5x that of fixed ratios, benchmarks/results/grad_quality.json.) This script trains the CPU demo preset with both,
 over several seeds, and measures the bytes saved for backward of each (prac_dist.memory).
 
-    python benchmarks/adaptive_rank.py --seeds 0 1 2 --max-steps 120   # writes benchmarks/results/adaptive_rank.json
+    python -m benchmarks.adaptive_rank --seeds 0 1 2 --max-steps 120   # writes benchmarks/results/adaptive_rank.json
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _bench_env import write_result
+from benchmarks._bench_env import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("off", "min_variance", "global")

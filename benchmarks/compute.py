@@ -15,7 +15,7 @@ ffn 2048, 12 heads, vocab 32000, SDPA):
   time    CPU seconds of a training step (forward, loss, backward, PRAC step), settings
           interleaved in one process, median of --time-steps steps after one warm-up round.
 
-    python benchmarks/compute.py [--shapes llama_130m llama_1b] [--layers 2] [--skip-time]
+    python -m benchmarks.compute [--shapes llama_130m llama_1b] [--layers 2] [--skip-time]
 
 Prints a table, writes benchmarks/results/compute.json and the Pareto picture compute.png
 (decoder bytes ratio against decoder FLOP ratio, one labelled point per setting).
@@ -42,8 +42,7 @@ from prac_dist.loss import install_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner.presets import PRESETS, build_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 aten = torch.ops.aten

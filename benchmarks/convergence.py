@@ -18,8 +18,8 @@ The vocabulary is cut to the `vocab` most frequent GPT-2 tokens of the training 
 map to one <unk> id) so that the output layer does not dominate a 64-wide model on 2 CPU cores;
 the loss is the usual next-token cross-entropy over that vocabulary.
 
-    python benchmarks/convergence.py                         # the committed run (~35 min on 2 busy cores)
-    python benchmarks/convergence.py --steps 20 --seeds 0 --long-factor 2 --out /tmp/c.json   # smoke
+    python -m benchmarks.convergence                         # the committed run (~35 min on 2 busy cores)
+    python -m benchmarks.convergence --steps 20 --seeds 0 --long-factor 2 --out /tmp/c.json   # smoke
 Prints a table and writes benchmarks/results/convergence.json and convergence.png.
 """
 
@@ -38,8 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import environment  # noqa: E402
+from benchmarks._bench_env import environment  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402

@@ -1,7 +1,7 @@
 """What each combination of PRAC, DeepSpeed activation checkpointing and HF gradient checkpointing
 saves for backward, and the host traffic of PRAC's compressed activation offload (CPU, one process).
 
-    DS_ACCELERATOR=cpu python benchmarks/deepspeed_activation_memory.py [--hidden 128 --layers 2 --seq 128]
+    DS_ACCELERATOR=cpu python -m benchmarks.deepspeed_activation_memory [--hidden 128 --layers 2 --seq 128]
 
 Saved bytes are `prac_dist.memory.measure_saved_bytes` of one training forward + loss: the tensors
 the autograd graph keeps through saved-tensor hooks, Parameters excluded, each storage once. Under
@@ -33,7 +33,7 @@ import prac_dist  # noqa: E402
 from prac_dist.deepspeed import CompressedActivationOffload, OffloadConfig  # noqa: E402
 from prac_dist.memory import measure_saved_bytes  # noqa: E402
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_activation_memory.json"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_gpu.json"
 # LLaMA-350M as in GaLore / the PRAC paper: hidden 1024, 24 layers, 16 heads, ffn 2736, vocab 32000.

@@ -7,7 +7,7 @@ parameters excluded, only tensors saved inside the decoder blocks) on CPU: what 
 not depend on the device. Also lists what discovery did: linear groups compressed / left exact, lean
 sites installed, modules left alone.
 
-    python benchmarks/family_memory.py [--width 256] [--batch 2] [--seq 256] [--families llama gemma2 ...]
+    python -m benchmarks.family_memory [--width 256] [--batch 2] [--seq 256] [--families llama gemma2 ...]
 
 Prints a table and writes benchmarks/results/family_memory.json.
 """
@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "patching"))  # the tests' model builders: same models
 
-from _bench_env import write_result  # noqa: E402
-from _tiny_models import FAMILIES, MOE, batch, build  # noqa: E402
+
+from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._tiny_models import FAMILIES, MOE, batch, build  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac  # noqa: E402
 from prac_dist.fsdp.parallelize import find_decoder_layers  # noqa: E402

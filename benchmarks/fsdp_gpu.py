@@ -1,6 +1,6 @@
 """Peak GPU memory and tokens/s of LLaMA-350M under FSDP2, with and without PRAC.
 
-    torchrun --nproc_per_node NGPU benchmarks/fsdp_gpu.py [--micro-batch 32 --seq 256 --steps 20]
+    torchrun --nproc_per_node NGPU -m benchmarks.fsdp_gpu [--micro-batch 32 --seq 256 --steps 20]
 
 Each configuration builds the model (the paper's LLaMA-350M shape: hidden 1024, 24 layers,
 ffn 2736, vocabulary 32000), applies prac_dist.fsdp.parallelize (bf16 params, fp32 reduce),
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_gpu.json"
 

@@ -4,7 +4,7 @@ Default: the full LLaMA-130M shape (hidden 768, 12 layers, 12 heads, ffn 2048,
 vocab 32000, SDPA, bf16), batch 4 x 256. Counted with prac_dist.memory.measure_saved_bytes
 (each storage once, parameters excluded) on CPU: what autograd keeps does not depend on the device.
 
-    python benchmarks/fused_loss_memory.py [--model llama_130m] [--batch 4] [--seq 256]
+    python -m benchmarks.fused_loss_memory [--model llama_130m] [--batch 4] [--seq 256]
 
 Prints a table and writes benchmarks/results/fused_loss_memory.json.
 """
@@ -25,7 +25,7 @@ from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner.presets import PRESETS, build_model
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,10 +1,10 @@
 """One GPU check: what only a GPU can show, in at most 8 minutes on one H100 / H200.
 
-    python benchmarks/gpu_check.py              # needs CUDA; writes benchmarks/results/gpu_check.json
-    python benchmarks/gpu_check.py --dry-run    # CPU, tiny shapes, Triton's interpreter: checks the script
+    python -m benchmarks.gpu_check              # needs CUDA; writes benchmarks/results/gpu_check.json
+    python -m benchmarks.gpu_check --dry-run    # CPU, tiny shapes, Triton's interpreter: checks the script
                                                 # end to end; measures nothing; writes only with --out
 
-1. Kernels: every Triton kernel (benchmarks/kernels.py's cases) against its PyTorch reference at the
+1. Kernels: every Triton kernel (benchmarks/kernel_timing.py's cases) against its PyTorch reference at the
    LLaMA-1B layer shape, bf16, 8,192 tokens: the largest difference relative to the reference's
    largest entry (one bf16 ulp of it allowed; 8-bit storage compared as codes x scale, 2 codes), pass/fail,
    time (median of triton.testing.do_bench), bytes moved and achieved bandwidth next to the
@@ -29,9 +29,8 @@ from typing import Dict, List, Optional
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "gpu_check.json"
-# Kernel shape: LLaMA-1B's layer (benchmarks/kernels.py); dry run: a tiny one the interpreter runs in seconds.
+# Kernel shape: LLaMA-1B's layer (benchmarks/kernel_timing.py); dry run: a tiny one the interpreter runs in seconds.
 KERNEL_SHAPE = {"gpu": dict(N=8192, hidden=2048, ffn=5461), "dry": dict(N=64, hidden=64, ffn=176)}
 # Largest difference relative to the reference's largest entry, per output dtype: one ulp of that entry
 # (2^-7 bf16, 2^-10 fp16: the kernels accumulate in float32 in another order and round once; the
@@ -177,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cpu" if args.dry_run else "cuda")
     from transformers.utils import logging as hf_logging
 
-    from _bench_env import write_result
+    from benchmarks._bench_env import write_result
 
     hf_logging.set_verbosity_error()
     t0 = time.perf_counter()

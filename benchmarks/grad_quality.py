@@ -23,8 +23,8 @@ the numbers measure that layer's own estimator. Per compressed linear layer:
                  unbiased ones only Monte-Carlo noise, about sqrt(variance / K))
 and relative values divided by ‖dW‖²_F (‖dW‖_F for bias).
 
-    python benchmarks/grad_quality.py                      # the committed run (a few minutes)
-    python benchmarks/grad_quality.py --train-steps 5 --draws 4 --out /tmp/g.json   # smoke
+    python -m benchmarks.grad_quality                      # the committed run (a few minutes)
+    python -m benchmarks.grad_quality --train-steps 5 --draws 4 --out /tmp/g.json   # smoke
 Prints a table, writes benchmarks/results/grad_quality.json.
 """
 
@@ -42,9 +42,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import environment  # noqa: E402
-from convergence import RESULTS, Setup, build_model, corpus, train_run  # noqa: E402
+from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks.convergence import RESULTS, Setup, build_model, corpus, train_run  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402

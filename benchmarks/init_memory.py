@@ -1,6 +1,6 @@
 """Peak host memory per rank for building and sharding a prac-train preset under FSDP2 or DeepSpeed ZeRO-3.
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 benchmarks/init_memory.py --preset llama_1b
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.init_memory --preset llama_1b
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 benchmarks/init_memory.py \
         --preset llama_1b --deepspeed configs/ds/zero3.json --shard-only
 
@@ -39,8 +39,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "init_memory.json"
 

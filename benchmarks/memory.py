@@ -5,8 +5,8 @@ each storage once) on HF LlamaForCausalLM with the paper's shapes, bf16, sdpa at
 depth. Saved bytes scale linearly with tokens, so a small CPU batch gives the per-token numbers;
 `units` is bytes / (token * layer * 2d), the unit of docs/PRAC.md.
 
-    python benchmarks/memory.py                      # 130M, 350M, 1B; writes benchmarks/results/memory.json
-    python benchmarks/memory.py --models llama_130m --batch 4 --seq 256
+    python -m benchmarks.memory                      # 130M, 350M, 1B; writes benchmarks/results/memory.json
+    python -m benchmarks.memory --models llama_130m --batch 4 --seq 256
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner.presets import hf_config
 from prac_dist.train.models import PRESETS
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,

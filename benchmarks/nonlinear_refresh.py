@@ -6,7 +6,7 @@ for every layer; prac_dist's default (nonlinear Q1 every step, warm-started rand
 T1 = 500); linear layers only. The paper's nonlinear compression has no theory behind it: its error
 enters dX, and with a Q1 from older batches the c-amplified random part makes small models diverge.
 
-    python benchmarks/nonlinear_refresh.py --hidden 64 128 --steps 120   # writes benchmarks/results/nonlinear_refresh.json
+    python -m benchmarks.nonlinear_refresh --hidden 64 128 --steps 120   # writes benchmarks/results/nonlinear_refresh.json
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from prac_dist import PRACConfig, apply_prac, hook_optimizer
 from prac_dist.train.data import load_tokenizer, resolve_path
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 VOCAB, SEQ, BATCH = 2048, 64, 16
 SETTINGS = {

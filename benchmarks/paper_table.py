@@ -15,9 +15,9 @@ include PRAC's first principal refresh). Then the largest micro-batch that train
 torch.cuda.OutOfMemoryError (doubling, then bisection to --resolution) and its tokens/s.
 (Activation offload is a DeepSpeed feature: see benchmarks/deepspeed_gpu.py.)
 
-    python benchmarks/paper_table.py                      # needs CUDA; writes benchmarks/results/paper_table.json
-    python benchmarks/paper_table.py --models llama_130m --no-max-batch
-    python benchmarks/paper_table.py --dry-run            # CPU, a tiny model: checks the script, measures nothing
+    python -m benchmarks.paper_table                      # needs CUDA; writes benchmarks/results/paper_table.json
+    python -m benchmarks.paper_table --models llama_130m --no-max-batch
+    python -m benchmarks.paper_table --dry-run            # CPU, a tiny model: checks the script, measures nothing
 Exits with status 2 (and says why) when CUDA is not available, unless --dry-run.
 """
 
@@ -33,8 +33,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import environment  # noqa: E402
+from benchmarks._bench_env import environment  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402

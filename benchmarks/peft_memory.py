@@ -6,7 +6,7 @@ own float32 copy. PRAC stores one shared Z per input instead (prac_dist/patching
 Measured with prac_dist.memory.measure_saved_bytes on the LLaMA-130M shape (bf16, sdpa), LoRA
 r=16 on all seven linears (PEFT's float32 adapters), 2 decoder layers, batch 4 x 256.
 
-    python benchmarks/peft_memory.py       # writes benchmarks/results/peft_memory.json
+    python -m benchmarks.peft_memory       # writes benchmarks/results/peft_memory.json
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.train.models import PRESETS
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SETTINGS = {

@@ -9,7 +9,7 @@ applies the PRACConfig itself and predicts from Setting.from_config(config), so 
 changes both sides. Measured with prac_dist.memory.measure_saved_bytes; predicted with
 prac_dist.planner.saved_bytes (a formula, no measurement). Target: within 5%.
 
-    OMP_NUM_THREADS=1 python benchmarks/planner_accuracy.py [--batch 1 8] [--seq 128]
+    OMP_NUM_THREADS=1 python -m benchmarks.planner_accuracy [--batch 1 8] [--seq 128]
 
 Two micro-batches by default: 1 x 128 tokens, every case (the fused head's 'auto' runs 'recompute'),
 and 8 x 128, where 'auto' runs 'store' (store_fits: from about d tokens on: 517 at LLaMA-60M, 776 at
@@ -38,7 +38,7 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.planner import PRESETS, Setting, build_model, saved_bytes
 from prac_dist.planner.activations import head_backward
 
-from _bench_env import write_result  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,8 +1,8 @@
 """Render the tables of docs/results.md (and the convergence plot) from the committed result files.
 
-    python benchmarks/plot_results.py --write    # refresh the generated block of docs/results.md + PNG
-    python benchmarks/plot_results.py --check    # exit 1 when docs/results.md is stale (CI)
-    python benchmarks/plot_results.py            # print the tables
+    python -m benchmarks.plot_results --write    # refresh the generated block of docs/results.md + PNG
+    python -m benchmarks.plot_results --check    # exit 1 when docs/results.md is stale (CI)
+    python -m benchmarks.plot_results            # print the tables
 The generated block sits between the BEGIN/END markers; the prose around it is hand-written.
 """
 
@@ -98,7 +98,7 @@ def adaptive_variance_table(res: dict) -> List[str]:
 def paper_table(res: Optional[dict]) -> List[str]:
     out = ["### Paper Table 2 setting on a GPU (`benchmarks/results/paper_table.json`)", ""]
     if res is None:
-        return out + ["Not measured yet: no GPU was available. Run `python benchmarks/paper_table.py` on one.", ""]
+        return out + ["Not measured yet: no GPU was available. Run `python -m benchmarks.paper_table` on one.", ""]
     hw = res["environment"]
     out += [f"{hw.get('gpu')}, driver {hw.get('driver')}, CUDA {hw.get('cuda')}; torch {hw['torch']}. "
             f"Sequence {res['setting']['seq']}, {res['setting']['dtype']}.", "",
@@ -171,12 +171,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     new = head + block + tail
     if args.check:
         if new != text:
-            print(f"{DOC} is stale: run python benchmarks/plot_results.py --write", file=sys.stderr)
+            print(f"{DOC} is stale: run python -m benchmarks.plot_results --write", file=sys.stderr)
             return 1
         return 0
     DOC.write_text(new, encoding="utf-8")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from convergence import plot
+
+    from benchmarks.convergence import plot
 
     for conv in sorted(RESULTS.glob("convergence*.json")):
         plot(json.loads(conv.read_text()), conv.with_suffix(".png"))

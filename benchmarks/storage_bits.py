@@ -1,6 +1,6 @@
 """8-bit vs 16-bit storage of the PRAC activations Z: stored bytes and training loss.
 
-    python benchmarks/storage_bits.py [--steps 150] [--hidden 128]
+    python -m benchmarks.storage_bits [--steps 150] [--hidden 128]
 
 1. Bytes saved for backward (prac_dist.memory.measure_saved_bytes, bf16 model, one
    forward + loss) and the bytes of Z alone (tensors the core marks compressed).
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import environment  # noqa: E402
-from _real_activations import wikitext_tokens  # noqa: E402
+from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._real_activations import wikitext_tokens  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac, hook_optimizer  # noqa: E402
 from prac_dist.core import is_compressed_activation  # noqa: E402

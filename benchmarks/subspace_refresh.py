@@ -6,7 +6,7 @@ tokens per batch, r = 0.3n. "warm" refreshes batch B starting from batch A's Q1,
 as a refresh after T1 optimizer steps does. Energy = ||X Q||² / ||X||², reported
 relative to the exact top-r eigenvectors (float32 eigh of XᵀX).
 
-    python benchmarks/subspace_refresh.py [--steps 20] [--repeats 3]
+    python -m benchmarks.subspace_refresh [--steps 20] [--repeats 3]
 Prints a table, writes benchmarks/results/subspace_refresh.json. CPU timings are
 a real measurement here: the refresh is matmul/LAPACK-bound PyTorch on any device.
 """
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import environment  # noqa: E402
-from _real_activations import trained_llama_activations  # noqa: E402
+from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._real_activations import trained_llama_activations  # noqa: E402
 
 from prac_dist.kernels import captured_energy, randomized_principal_basis  # noqa: E402
 from prac_dist.kernels.subspace import exact_principal_basis  # noqa: E402

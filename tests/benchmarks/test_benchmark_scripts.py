@@ -20,12 +20,11 @@ SCRIPTS = sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_"))
 # One process for all scripts: torch is imported once (21 separate interpreters take ~2 min on 2 cores).
 _HELP_ALL = """
 import runpy, sys
-sys.path.insert(0, sys.argv[1])
 failed = []
-for path in sys.argv[2:]:
+for path in sys.argv[1:]:
     sys.argv = [path, "--help"]
     try:
-        runpy.run_path(path, run_name="__main__")
+        runpy.run_module(path, run_name="__main__", alter_sys=True)
         failed.append(f"{path}: --help did not exit")
     except SystemExit as e:
         if e.code not in (0, None):
@@ -42,7 +41,7 @@ def test_there_are_scripts():
 
 
 def test_every_script_parses_help():
-    r = subprocess.run([sys.executable, "-c", _HELP_ALL, str(BENCH), *map(str, SCRIPTS)], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", _HELP_ALL, *(f"benchmarks.{p.stem}" for p in SCRIPTS)], capture_output=True,
                        text=True, timeout=600, cwd=BENCH.parent)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
 
@@ -68,7 +67,7 @@ def _is_submodule(package: str, name: str) -> bool:
 def test_memory_script_toy_run(tmp_path):
     """memory.py read the planner's old field names (hidden_size, ...) after the registry change."""
     out = tmp_path / "memory.json"
-    r = subprocess.run([sys.executable, str(BENCH / "memory.py"), "--models", "llama_60m", "--layers", "1",
+    r = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--models", "llama_60m", "--layers", "1",
                         "--seq", "8", "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     import json

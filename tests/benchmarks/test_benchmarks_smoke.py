@@ -12,7 +12,7 @@ BENCH = ROOT / "benchmarks"
 
 
 def _run(script, *args, timeout=120):
-    return subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{Path(script).stem}", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import compute  # noqa: E402
+from benchmarks import compute
 from prac_dist.planner.presets import PRESETS  # noqa: E402
 
 B, S = 2, 32

@@ -10,12 +10,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _run(*args, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -26,7 +25,7 @@ def test_dry_run_end_to_end(tmp_path):
     r = _run("--dry-run", "--out", out)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
-    from _bench_env import check_result
+    from benchmarks._bench_env import check_result
 
     assert check_result(res) == []
     assert res["dry_run"] is True and res["environment"]["gpu"] is None and "dry run" in res["environment"]["note"]
@@ -49,7 +48,7 @@ def test_refuses_without_cuda_and_writes_nothing():
 
 
 def test_kernel_comparison_tolerances():
-    import gpu_check
+    from benchmarks import gpu_check
 
     want = torch.ones(4, 8, dtype=torch.bfloat16)
     assert gpu_check.compare("k", want + 2 ** -7, want)["matches_reference"]  # one bf16 ulp at 1.0

@@ -1,14 +1,12 @@
 """Every committed benchmark result follows benchmarks/_bench_env.py's one schema, hardware named."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-from _bench_env import check_result, environment, write_result  # noqa: E402
+from benchmarks._bench_env import check_result, environment, write_result
 
 RESULTS = sorted((BENCH / "results").glob("*.json"))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -149,12 +148,9 @@ def suite(out: Path) -> None:
 
 
 def variance(reps: int) -> dict:
-    if str(ROOT / "benchmarks") not in sys.path:  # the benchmark imports its sibling _bench_env
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("fsdp_variance", ROOT / "benchmarks" / "fsdp_variance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.measure(reps=reps, cases=("replicated", "replicated_shared", "split"))
+    from benchmarks import fsdp_variance  # the launching test puts the repository root on PYTHONPATH
+
+    return fsdp_variance.measure(reps=reps, cases=("replicated", "replicated_shared", "split"))
 
 
 def kill(ckpt: Path) -> None:

@@ -33,7 +33,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") and not k.startswith("SLURM_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    # The repository root, so the worker imports benchmarks as a package.
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **extra)
     return env
 
 

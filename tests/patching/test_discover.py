@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from _tiny_models import FAMILIES, MOE, batch, build
+from benchmarks._tiny_models import FAMILIES, MOE, batch, build
 
 from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.fsdp.parallelize import find_decoder_layers

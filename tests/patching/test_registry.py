@@ -4,7 +4,7 @@ A family added to the registry but missing from any part fails here."""
 
 import pytest
 import torch
-from _tiny_models import FAMILIES, build
+from benchmarks._tiny_models import FAMILIES, build
 
 from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.fsdp.parallelize import find_decoder_layers
@@ -20,7 +20,7 @@ REGISTERED = sorted(ARCHITECTURES)
 
 
 def test_every_registered_family_has_a_tiny_test_model():
-    assert set(REGISTERED) <= set(FAMILIES), f"add a tiny config to tests/patching/_tiny_models.py for " \
+    assert set(REGISTERED) <= set(FAMILIES), f"add a tiny config to benchmarks/_tiny_models.py for " \
                                              f"{sorted(set(REGISTERED) - set(FAMILIES))}"
 
 

@@ -9,8 +9,6 @@ rstd in the model dtype, the formula counts the float32 that CUDA keeps (2 x (4 
 """
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +17,7 @@ from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.planner import PRESETS, Setting, build_model, saved_bytes
 from prac_dist.planner.activations import head_backward
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import planner_accuracy as bench  # noqa: E402
+from benchmarks import planner_accuracy as bench
 
 TINY = {
     "llama": dataclasses.replace(PRESETS["llama_60m"], hidden=64, layers=2, heads=4, ffn=176, vocab=1000),

@@ -6,16 +6,13 @@ refresh, under 0.1% of a step).
 """
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 
 from prac_dist.planner import PRESETS, Setting
 from prac_dist.planner.flops import REFRESH_INTERVAL, step_flops
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import compute  # noqa: E402
+from benchmarks import compute
 
 TINY = dataclasses.replace(PRESETS["llama_130m"], hidden=128, ffn=352, heads=4, vocab=1000, layers=2)
 B, S = 2, 64

@@ -8,7 +8,6 @@ Regenerate after an intended change: PRAC_UPDATE_GOLDEN=1 pytest tests/train/tes
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,8 +33,7 @@ def _read_golden():
 
 
 def _same_machine(header) -> bool:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _bench_env import environment
+    from benchmarks._bench_env import environment
 
     env = environment()
     return header == {"cpu": env["cpu"], "torch": env["torch"]}

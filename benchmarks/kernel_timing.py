@@ -1,6 +1,6 @@
 """GPU benchmark of the PRAC kernels and of a whole PRAC training step.
 
-    python benchmarks/kernels.py [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
+    python -m benchmarks.kernel_timing [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
 
 Needs a CUDA GPU (Triton's CPU interpreter timings mean nothing); on a machine without
 one it says so and exits with status 1 without writing a result.
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_env import environment  # noqa: E402
+from benchmarks._bench_env import environment  # noqa: E402
 
 HIDDEN, FFN = 2048, 5461  # LLaMA-1B (the paper's pre-training shape)
 
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
+        print("benchmarks/kernel_timing.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
               "interpreter's timings mean nothing). Nothing measured, nothing written.", file=sys.stderr)
         return 1
 
