@@ -63,7 +63,6 @@ def test_aot_eager_matches_eager_paper(make_llama):
 
 @pytest.mark.slow
 def test_inductor_matches_eager(make_llama):
-    pytest.importorskip("torch._inductor")
     _compare(make_llama, INT8, "inductor", 1e-4)
 
 

@@ -10,7 +10,7 @@ import torch
 import prac_dist
 from prac_dist.deepspeed import OffloadConfig, load_ds_config, parse_prac_section, prepare_model
 
-pytest.importorskip("deepspeed")
+import deepspeed  # noqa: E402 - a missing deepspeed fails, never skips
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "ds"
 
@@ -79,7 +79,6 @@ def test_bad_config_forms(tmp_path):
 
 
 def test_initialize_rejects_a_bad_section_before_deepspeed_runs(make_llama, monkeypatch):
-    import deepspeed
 
     import prac_dist.deepspeed as pds
 
@@ -93,7 +92,6 @@ def test_initialize_rejects_a_bad_section_before_deepspeed_runs(make_llama, monk
 
 def test_initialize_patches_before_the_engine_is_built(make_llama, monkeypatch):
     """deepspeed.initialize must receive the PRAC modules (ZeRO-3 registers its hooks on what it gets)."""
-    import deepspeed
 
     import prac_dist.deepspeed as pds
 

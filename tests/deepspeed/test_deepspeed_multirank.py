@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("deepspeed")
+import deepspeed  # noqa: F401,E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -202,7 +202,7 @@ def test_prac_train_under_the_deepspeed_launcher(tmp_path, ds_json):
 @pytest.mark.slow
 def test_prac_train_under_mpirun(tmp_path):
     mpirun = shutil.which("mpirun") or pytest.skip("no mpirun (apt-get install openmpi-bin)")
-    pytest.importorskip("mpi4py")
+    import mpi4py  # noqa: F401
     config = _tiny_run(tmp_path)
     port = str(_free_port())
     # --bind-to none: Open MPI pins each rank to one core by default; on this shared 2-core box the

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("accelerate")
+import accelerate  # noqa: F401,E402
 
 from prac_dist import PRACConfig  # noqa: E402
 from prac_dist.integrations import deepspeed_section, prepare_accelerate  # noqa: E402

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-peft = pytest.importorskip("peft")
+import peft
 from peft import LoraConfig, get_peft_model  # noqa: E402
 
 import prac_dist  # noqa: E402

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-pytest.importorskip("accelerate")
+import accelerate  # noqa: F401 - Trainer needs it; a missing one fails, never skips
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 import prac_dist  # noqa: E402

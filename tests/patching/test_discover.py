@@ -176,7 +176,7 @@ _LORA_TARGETS = {"olmo2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", 
 def test_discovered_families_under_peft_lora(family, order):
     """LoRA on a discovered family, PRAC applied before or after get_peft_model: exact at full rank
     (a GELU MLP swapped before PEFT wraps its down projection must still run the LoRA path)."""
-    peft = pytest.importorskip("peft")
+    import peft
 
     def lora_model(base, prac):
         model = copy.deepcopy(base)
