@@ -177,7 +177,7 @@ def _triton_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
         DOT_IN_INPUT_DTYPE=x2d.dtype != torch.float32 and not interpreting(),
         BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk,
         # float32 tiles at 4 warps spill on sm_80 (255 registers + 8 B at n = 5461); 8 warps: 80, no spill
-        # (python -m prac_dist.kernels.aot).
+        # (python -m tools.aot).
         num_warps=8 if x2d.dtype == torch.float32 else 4,
     )
     return z

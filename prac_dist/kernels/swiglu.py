@@ -122,7 +122,7 @@ def _triton_swiglu_project(g2d, u2d, qg, qu):
     if N:
         bm, br, bk = 64, 64, 32  # fused_project's tiles; at least one column tile so h is written
         # Two float32 accumulators plus float32 tiles spill 24-216 B at 4 warps and BLOCK_K 32 (sm_80/90);
-        # 8 warps and BLOCK_K 16 spill nothing (python -m prac_dist.kernels.aot).
+        # 8 warps and BLOCK_K 16 spill nothing (python -m tools.aot).
         wide = g2d.dtype == torch.float32
         bk = 16 if wide else bk
         grid = (triton.cdiv(N, bm), max(1, triton.cdiv(max(rg, ru), br)))

@@ -193,9 +193,24 @@ def _run_locked(cfg: TrainConfig, out: Path, rank: int, compare: bool, resume: b
     return summaries
 
 
+# Packages only the trainer imports (data loading, the report's plot); `pip install prac_dist` leaves them out.
+_TRAIN_EXTRA = ("datasets", "matplotlib")
+
+
+def _missing_train_extra() -> List[str]:
+    import importlib.util
+
+    return [name for name in _TRAIN_EXTRA if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(None if argv is None else [str(a) for a in argv])  # Paths welcome
+    missing = _missing_train_extra()
+    if missing:
+        print(f"prac-train: error: the trainer needs {', '.join(missing)}: pip install 'prac_dist[train]'",
+              file=sys.stderr)
+        return 2
     try:
         cfg = resolve_config(args)
         if args.print_config:

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of every Triton kernel for sm_80/sm_90 (python -m prac_dist.kernels.aot)."""
+"""Ahead-of-time compilation of every Triton kernel for sm_80/sm_90 (python -m tools.aot)."""
 
 import os
 import subprocess
@@ -9,7 +9,8 @@ import torch
 
 import triton.language as tl
 
-from prac_dist.kernels import aot, projection, rmsnorm, swiglu  # noqa: E402
+from prac_dist.kernels import projection, rmsnorm, swiglu  # noqa: E402
+from tools import aot  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,7 +19,7 @@ def _cli(*args, timeout=900):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    return subprocess.run([sys.executable, "-m", "prac_dist.kernels.aot", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tools.aot", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

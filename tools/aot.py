@@ -1,6 +1,6 @@
 """Compile every Triton kernel of the package ahead of time, for real GPUs, on a machine without one.
 
-    python -m prac_dist.kernels.aot [--arch 80,90] [--shapes llama_130m,llama_1b,llama_7b]
+    python -m tools.aot [--arch 80,90] [--shapes llama_130m,llama_1b,llama_7b]
                                     [--dtypes fp32,bf16,fp16] [--tokens 4096]
 
 Triton's CPU interpreter accepts programs the GPU compiler rejects (tile shapes, dtypes, shared
@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .dispatch import interpreting
+from prac_dist.kernels.dispatch import interpreting
 
 __all__ = ["MAX_SHARED_BYTES", "LAYER_SHAPES", "Launch", "Row", "kernel_modules", "triton_kernels", "record_launches", "compile_launch", "run", "main"]
 
@@ -86,14 +86,14 @@ class _Recorder:
 
 
 def kernel_modules() -> list:
-    """Every module of this package (the launchers import `jitted` by name, so each is patched)."""
+    """Every module of prac_dist.kernels (the launchers import `jitted` by name, so each is patched)."""
     import importlib
     import pkgutil
 
-    from . import __path__ as path
+    from prac_dist.kernels import __path__ as path
 
-    names = sorted(m.name for m in pkgutil.iter_modules(path) if m.name not in ("aot", "__main__"))
-    return [importlib.import_module(f"{__package__}.{name}") for name in names]
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if m.name != "__main__")
+    return [importlib.import_module(f"prac_dist.kernels.{name}") for name in names]
 
 
 def triton_kernels() -> set:
@@ -131,9 +131,9 @@ def _layer_launches(hidden: int, ffn: int, dtype: torch.dtype, tokens: int) -> L
     """Every launch one LLaMA layer's PRAC ops make (forward and backward, 16- and 8-bit storage)."""
     from prac_dist.config import PRACConfig
 
-    from . import projection as P
-    from . import rmsnorm as R
-    from . import swiglu as S
+    from prac_dist.kernels import projection as P
+    from prac_dist.kernels import rmsnorm as R
+    from prac_dist.kernels import swiglu as S
 
     cfg = PRACConfig()  # the default ratios give the Z widths r = r1 + r2 the launches see
 
@@ -278,12 +278,12 @@ def _csv(text: str, accepted: Sequence[str], flag: str) -> List[str]:
 
 
 def _usage_error(message: str) -> int:
-    print(f"prac_dist.kernels.aot: error: {message}", file=sys.stderr)
+    print(f"tools.aot: error: {message}", file=sys.stderr)
     return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prac_dist.kernels.aot", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m tools.aot", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
     parser.add_argument("--arch", default="80,90", help="compute capabilities, e.g. 80,90 (accepted: "
                         f"{','.join(map(str, MAX_SHARED_BYTES))})")
