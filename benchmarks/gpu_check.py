@@ -75,7 +75,7 @@ def _time(fn, device: torch.device) -> float:
 
 
 def kernel_rows(device: torch.device, shape: Dict[str, int]) -> List[Dict]:
-    from kernels import kernel_cases, peak_bandwidth
+    from benchmarks.kernel_timing import kernel_cases, peak_bandwidth
 
     peak = peak_bandwidth() if device.type == "cuda" else None
     rows = []

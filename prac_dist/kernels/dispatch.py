@@ -71,5 +71,28 @@ def jitted(fn: Callable) -> Callable:
     if key not in _JITTED:
         import triton
 
+        if key[1]:
+            _check_interpreter()
         _JITTED[key] = triton.jit(fn)
     return _JITTED[key]
+
+
+def _loop_to(x_ptr, n):
+    for i in range(0, n, 1):  # a loop bound that arrives as a runtime scalar, as in every kernel here
+        pass
+
+
+@functools.lru_cache(maxsize=1)
+def _check_interpreter() -> None:
+    """Fail in one line where Triton's interpreter cannot run our kernels. Triton 3.6's interpreter turns
+    a scalar argument into a Python int with int() of a 1-element array, which numpy 2.4 made an error."""
+    import numpy
+    import triton
+
+    try:
+        triton.jit(_loop_to)[(1,)](torch.zeros(1), 2)
+    except Exception as exc:  # InterpreterError wraps the TypeError
+        raise RuntimeError(
+            f"Triton {triton.__version__}'s CPU interpreter cannot run a loop over a scalar argument with numpy "
+            f"{numpy.__version__} ({exc}): install numpy<2.4, or a triton whose interpreter supports it (3.9 does)"
+        ) from exc

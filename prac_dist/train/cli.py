@@ -184,7 +184,12 @@ def _run_locked(cfg: TrainConfig, out: Path, rank: int, compare: bool, resume: b
             summaries.append(json.loads((run_dir / "summary.json").read_text()))
             continue
         summaries.append(train(run_cfg, factory, resume=resume, output_dir=run_dir, label=label))
+    # One time figure for both runs, taken side by side (the totals above ran one after the other).
+    from prac_dist.train.timing import alternating_step_times
+
+    times = alternating_step_times(cfg, factory)
     if rank == 0:
+        (out / "timing.json").write_text(json.dumps(times))
         path = write_report(out, {"baseline": out / "baseline", "prac": out / "prac"},
                             title="prac-train --compare: baseline vs PRAC",
                             extra_lines=["Settings: [baseline/config.yaml](baseline/config.yaml), "

@@ -39,10 +39,12 @@ def write_report(out_dir: Path, runs: Dict[str, Path], title: str, extra_lines: 
     """runs: label -> run directory (each with metrics.jsonl and summary.json)."""
     out_dir = Path(out_dir)
     data = {label: read_run(path) for label, path in runs.items()}
-    _plot(out_dir / "report.png", data)
-    lines = [f"# {title}", "", f"Hardware: {hardware()}", "", "![loss and memory](report.png)", ""]
+    timing_file = out_dir / "timing.json"
+    times = json.loads(timing_file.read_text()) if timing_file.is_file() else None
+    _plot(out_dir / "report.png", data, times)
+    lines = [f"# {title}", "", f"Hardware: {hardware()}", "", "![loss, step time and memory](report.png)", ""]
     lines += _table(data)
-    lines += _comparison(data)
+    lines += _comparison(data, times)
     lines += _prac_lines(data)
     if extra_lines:
         lines += [""] + extra_lines
@@ -53,20 +55,41 @@ def write_report(out_dir: Path, runs: Dict[str, Path], title: str, extra_lines: 
 
 def _table(data) -> List[str]:
     head = ("| run | final train loss | final val loss | val ppl | saved for backward (MiB) | "
-            "GPU peak (MiB) | tokens/s | train time (s) |")
-    rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "GPU peak (MiB) | wall time of the run (s) |")
+    rows = [head, "|---|---:|---:|---:|---:|---:|---:|"]
     for label, d in data.items():
         s = d["summary"]
         peak = s.get("gpu_peak_allocated_bytes")
-        rows.append("| {} | {} | {:.4f} | {:.2f} | {} | {} | {} | {:.0f} |".format(
+        rows.append("| {} | {} | {:.4f} | {:.2f} | {} | {} | {:.0f} |".format(
             label, _num(s["final_train_loss"], 4), s["final_val_loss"], s["final_val_ppl"],
             _num(s["saved_bytes"] / _MIB if s.get("saved_bytes") else None, 1),
-            _num(peak / _MIB if peak else None, 0) if peak else "n/a (CPU)",
-            _num(s["median_tokens_per_s"], 0), s["train_time_s"]))
+            _num(peak / _MIB if peak else None, 0) if peak else "n/a (CPU)", s["train_time_s"]))
     return rows + [""]
 
 
-def _comparison(data) -> List[str]:
+def _time_lines(times: Dict[str, List[float]], baseline_total: float, prac_total: float) -> List[str]:
+    """The one time figure (alternating steps, tests/train/test_report.py), and how the totals relate to it."""
+    from prac_dist.train.timing import step_time_summary
+
+    t = step_time_summary(times)
+    b, p = t["baseline"], t["prac"]
+    lines = [f"- Time per optimizer step, measured side by side ({t['rounds']} alternating steps of each on one "
+             f"micro-batch): baseline {b['median_s'] * 1e3:,.0f} ms (interquartile {b['q1_s'] * 1e3:,.0f}-"
+             f"{b['q3_s'] * 1e3:,.0f}), PRAC {p['median_s'] * 1e3:,.0f} ms ({p['q1_s'] * 1e3:,.0f}-"
+             f"{p['q3_s'] * 1e3:,.0f}): PRAC costs {t['prac_cost']:+.1%} time per step"]
+    if t["noisy"]:
+        lines.append("  - noisy: the spread of the step times is larger than the difference between the runs, so "
+                     "this machine shows no measurable cost either way")
+    total = prac_total / baseline_total - 1
+    lines.append(f"- The runs' wall times ({prac_total:.0f} s vs {baseline_total:.0f} s, {total:+.1%}) ran one "
+                 f"after the other, with evaluation and checkpoints; a change in the machine's load between them "
+                 f"shows there, not in the side-by-side figure"
+                 + ("" if abs(total - t["prac_cost"]) <= 0.05 else
+                    f" (they differ from it by {abs(total - t['prac_cost']):.0%}: the load changed)"))
+    return lines
+
+
+def _comparison(data, times: Optional[Dict[str, List[float]]] = None) -> List[str]:
     if "baseline" not in data or "prac" not in data:
         d = next(iter(data.values()))
         s, mem = d["summary"], d["memory"]
@@ -88,10 +111,8 @@ def _comparison(data) -> List[str]:
     if b.get("gpu_peak_allocated_bytes") and p.get("gpu_peak_allocated_bytes"):
         lines.append(f"- GPU peak allocated: {1 - p['gpu_peak_allocated_bytes'] / b['gpu_peak_allocated_bytes']:.1%}"
                      f" less")
-    if b.get("median_tokens_per_s") and p.get("median_tokens_per_s"):
-        lines.append(f"- Compute it costs: {b['median_tokens_per_s'] / p['median_tokens_per_s'] - 1:+.1%} time per "
-                     f"token ({p['median_tokens_per_s'] / b['median_tokens_per_s'] - 1:+.1%} tokens/s, median step; "
-                     f"FLOPs per setting: benchmarks/results/compute.json, prac-plan predicts them)")
+    if times:
+        lines += _time_lines(times, b["train_time_s"], p["train_time_s"])
     return lines + [""]
 
 
@@ -148,57 +169,78 @@ def _numbers(stats) -> List[float]:
     return []
 
 
-def _plot(path: Path, data) -> None:
+# Distinct colour, line style and marker per run: with PRAC's loss within 0.1% of the baseline's, colour
+# alone leaves one curve hidden under the other.
+_STYLE = {"baseline": dict(color="#4c72b0", ls="-", marker="o"), "prac": dict(color="#dd8452", ls="--", marker="s")}
+
+
+def _plot(path: Path, data, times: Optional[Dict[str, List[float]]] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
-    colors = {"baseline": "#4c72b0", "prac": "#dd8452"}
+    fig, (ax_loss, ax_time, ax_mem) = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [3, 2, 2]})
     for i, (label, d) in enumerate(data.items()):
-        c = colors.get(label, f"C{i}")
+        st = _STYLE.get(label, dict(color=f"C{i}", ls="-", marker="^"))
         steps = [r["step"] for r in d["train"]]
-        ax_loss.plot(steps, _ema([r["train_loss"] for r in d["train"]]), color=c, lw=1.5, label=f"{label} train")
+        ax_loss.plot(steps, _ema([r["train_loss"] for r in d["train"]]), color=st["color"], ls=st["ls"], lw=1.5,
+                     label=f"{label} train")
         if d["eval"]:
-            ax_loss.plot([r["step"] for r in d["eval"]], [r["val_loss"] for r in d["eval"]], "o--", color=c,
-                         ms=4, label=f"{label} validation")
+            ax_loss.plot([r["step"] for r in d["eval"]], [r["val_loss"] for r in d["eval"]], color=st["color"],
+                         ls=":", marker=st["marker"], ms=6, mfc="none", label=f"{label} validation")
     ax_loss.set_xlabel("optimizer step")
     ax_loss.set_ylabel("loss (train: EMA 0.9)")
     ax_loss.set_title("Loss")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
-    _memory_bars(ax_mem, data, colors)
+    _time_box(ax_time, times)
+    _memory_bars(ax_mem, data)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _memory_bars(ax, data, colors) -> None:
-    labels, values, cols = [], [], []
-    for i, (label, d) in enumerate(data.items()):
-        s = d["summary"]
+def _time_box(ax, times: Optional[Dict[str, List[float]]]) -> None:
+    if not times:
+        ax.set_axis_off()
+        ax.set_title("step time: measured by --compare only")
+        return
+    labels = list(times)
+    box = ax.boxplot([[t * 1e3 for t in times[k]] for k in labels], patch_artist=True)
+    ax.set_xticks(range(1, len(labels) + 1), labels)
+    for patch, label in zip(box["boxes"], labels):
+        patch.set_facecolor(_STYLE.get(label, {}).get("color", "C0"))
+    ax.set_ylabel("ms per optimizer step")
+    ax.set_title(f"Step time, side by side\n({len(times[labels[0]])} alternating steps each)")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def _memory_bars(ax, data) -> None:
+    """Saved-for-backward bytes of one micro-batch, stacked: decoder layers below, the loss head above."""
+    bars = []  # (label, split)
+    for label, d in data.items():
+        s, mem = d["summary"], d["memory"]
         if s.get("saved_bytes_no_prac") and "baseline" not in data:
-            labels.append("no PRAC (same batch)")
-            values.append(s["saved_bytes_no_prac"] / _MIB)
-            cols.append(colors["baseline"])
+            bars.append(("no PRAC (same batch)", split_saved(mem.get("saved_by_module_name_no_prac"))
+                         or {"decoder": s["saved_bytes_no_prac"], "head": 0}))
         if s.get("saved_bytes"):
-            labels.append(label)
-            values.append(s["saved_bytes"] / _MIB)
-            cols.append(colors.get(label, f"C{i}"))
-    peaks = {label: d["summary"].get("gpu_peak_allocated_bytes") for label, d in data.items()}
-    if values:
-        bars = ax.bar(labels, values, color=cols)
-        for bar, v in zip(bars, values):
-            ax.annotate(f"{v:,.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
-        title = "Activations saved for backward\n(one micro-batch, MiB)"
-        if all(peaks.values()):
-            title += "\nGPU peak: " + ", ".join(f"{k} {v / _MIB:,.0f} MiB" for k, v in peaks.items())
-        ax.set_title(title)
-        ax.set_ylabel("MiB")
-    else:
+            bars.append((label, split_saved(mem.get("saved_by_module_name"))
+                         or {"decoder": s["saved_bytes"], "head": 0}))
+    if not bars:
         ax.set_axis_off()
         ax.set_title("memory not measured (train.measure_memory: false)")
+        return
+    names = [name for name, _ in bars]
+    dec = [split["decoder"] / _MIB for _, split in bars]
+    head = [split["head"] / _MIB for _, split in bars]
+    ax.bar(names, dec, color="#55a868", label="decoder layers")
+    ax.bar(names, head, bottom=dec, color="#8172b3", label="loss head (final norm, lm_head, loss)")
+    for i, (d, h) in enumerate(zip(dec, head)):
+        ax.annotate(f"{d + h:,.1f}", (i, d + h), ha="center", va="bottom")
+    ax.set_ylabel("MiB")
+    ax.set_title("Activations saved for backward\n(one micro-batch)")
+    ax.legend(fontsize=8)
 
 
 def _ema(values: List[float], beta: float = 0.9) -> List[float]:

@@ -70,6 +70,10 @@ def test_compare_writes_one_side_by_side_report(tmp_path, corpus):
     report = (out / "report.md").read_text()
     assert "| baseline |" in report and "| prac |" in report and "PRAC final validation loss vs baseline" in report
     assert (out / "report.png").is_file()
+    # The time figure: both models set up side by side, alternating steps (max_steps=2: 2 timed rounds).
+    times = json.loads((out / "timing.json").read_text())
+    assert [len(times["baseline"]), len(times["prac"])] == [2, 2] and min(times["baseline"] + times["prac"]) > 0
+    assert "Time per optimizer step, measured side by side (2 alternating steps" in report
 
 
 @pytest.mark.slow  # three training processes
