@@ -13,9 +13,8 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
-from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
-from prac_dist.fsdp.env import init_distributed
-from prac_dist.fsdp.parallelize import parallelize
+from prac_dist.distributed import init_distributed
+from prac_dist.fsdp import load_checkpoint, parallelize, save_checkpoint
 from prac_dist.train import meta_init
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
