@@ -100,9 +100,7 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
         plain = _measure(model, sample, backend, restore_prac=False)
         memory["saved_bytes_no_prac"] = plain.total_bytes
         memory["saved_by_module_name_no_prac"] = dict(plain.by_module_name)  # report: head vs decoder
-    opt = OptimizerSpec(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
-                        eps=cfg.optim.eps, grad_clip=cfg.optim.grad_clip, warmup_steps=cfg.optim.warmup_steps,
-                        max_steps=t.max_steps, min_lr_ratio=cfg.optim.min_lr_ratio, grad_accum=t.grad_accum)
+    opt = OptimizerSpec.from_config(cfg.optim, t.max_steps, t.grad_accum)
     backend.setup(model, cfg.prac, opt)
     if (backend.rank, backend.world_size) != (rank, world):
         raise RuntimeError(f"the backend reports rank {backend.rank} of {backend.world_size} but the launcher's "
