@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     args = ap.parse_args()
 
-    from prac_dist.fsdp.env import init_distributed
+    from prac_dist.distributed import init_distributed
 
     init_distributed()
     if args.shard_only and args.deepspeed is None:

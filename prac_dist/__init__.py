@@ -6,8 +6,9 @@
 """
 
 from prac_dist.config import PRACConfig
+from prac_dist.models.registry import supported_model_types
 from prac_dist.patching import (apply_prac, hook_optimizer, is_prac_model, load_prac_state_dict, prac_state_dict,
-                                prac_stats, remove_prac, step, supported_model_types)
+                                prac_stats, remove_prac, step)
 
 __version__ = "0.1.0"
 

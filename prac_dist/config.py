@@ -66,7 +66,7 @@ class PRACConfig:
     """Install a chunked linear + cross-entropy head on causal LMs so the logits are never saved, and how it
     gets its gradients: 'store' (computed in forward, kept until backward: the head's 3 matmuls), 'recompute'
     (logits recomputed in backward: 4 matmuls, keeps only the hidden states + logsumexp), 'auto' (store when
-    its dX + float32 dW are at most the float32 logits, prac_dist.loss.store_fits). true = 'auto' (configs
+    its dX + float32 dW are at most the float32 logits, prac_dist.loss.linear_cross_entropy.store_fits). true = 'auto' (configs
     written before the modes existed); false = HF's own head."""
     adaptive_rank: Literal["off", "min_variance", "energy", "global"] = "off"
     """'off': fixed r1, r2. 'min_variance': at each principal refresh choose r1 per layer (r1 + r2 fixed,

@@ -1,14 +1,14 @@
-"""One per-rank PRAC state file for every engine (prac_dist.checkpoint): the FSDP2 checkpoint reads what
+"""One per-rank PRAC state file for every engine (prac_dist.checkpoint.prac_state): the FSDP2 checkpoint reads what
 the DeepSpeed route wrote and the DeepSpeed route reads what an FSDP2 checkpoint wrote; state saved by
 another world size is refused naming both sizes; an unreadable file is named in one line."""
 
 import pytest
 import torch
 
-import prac_dist.checkpoint as state_file
+import prac_dist.checkpoint.prac_state as state_file
 from prac_dist import PRACConfig, apply_prac, prac_state_dict, step
 from prac_dist.checkpoint import CheckpointError, load_prac_state, save_prac_state
-from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
+from prac_dist.fsdp import load_checkpoint, save_checkpoint
 
 # Refreshes every 1-2 steps and 16-bit projected storage, so the saved state holds Q1, Q2 and counters.
 _CFG = PRACConfig(seed=1, principal_update_interval=2, random_update_interval=1, linear_storage="project")
@@ -76,7 +76,7 @@ def test_another_world_size_is_refused_naming_both_sizes(tmp_path, monkeypatch, 
 
 
 def test_fsdp_checkpoint_refuses_another_world_size(tmp_path, monkeypatch, make_llama):
-    import prac_dist.fsdp.checkpoint as fsdp_ckpt
+    import prac_dist.checkpoint.sharded as fsdp_ckpt
 
     model, opt = _trained(make_llama, 1)
     save_checkpoint(tmp_path / "ckpt", model, opt)
@@ -164,3 +164,51 @@ def test_two_ranks_read_their_own_state_through_either_engines_route(tmp_path):
             assert all(torch.equal(a, b) for a, b in zip(q1s(run["saved"]), q1s(run[read]), strict=True)), read
     # Each rank's bases came from its own data: rank 1 must not have been handed rank 0's state.
     assert not all(torch.equal(a, b) for a, b in zip(q1s(runs[0]["saved"]), q1s(runs[1]["saved"])))
+
+
+class _RunsCode:
+    """Unpickling this calls os.mkdir(marker): the stand-in for any code a crafted checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("victim", ["prac_rank00000.pt", "trainer.pt", "rng_rank00000.pt"])
+def test_a_pickle_that_runs_code_is_refused_by_the_library(tmp_path, make_llama, victim):
+    from prac_dist.checkpoint import UnsafeCheckpoint
+
+    model, opt = _trained(make_llama, 1)
+    save_checkpoint(tmp_path / "ckpt", model, opt)
+    torch.save({"state": _RunsCode(tmp_path / "ran")}, tmp_path / "ckpt" / victim)
+    with pytest.raises(UnsafeCheckpoint, match=rf"{victim}: refused: its pickle names code \(posix\.mkdir\)") as info:
+        load_checkpoint(tmp_path / "ckpt", model, opt)
+    assert "\n" not in str(info.value) and not (tmp_path / "ran").exists()
+
+
+def test_checkpoint_files_of_the_previous_format_still_load(tmp_path, make_llama):
+    """FSDP2 RNG files holding torch's state alone, and prac-train loop state with NumPy's get_state() tuple,
+    contain no code: they load with weights_only=True and restore the same draws."""
+    import random
+
+    import numpy as np
+
+    from prac_dist.checkpoint.files import read_file
+    from prac_dist.checkpoint.rng import set_rng_state
+
+    model, opt = _trained(make_llama, 1)
+    save_checkpoint(tmp_path / "ckpt", model, opt)
+    torch.save({"format": 1, "rng": torch.get_rng_state(), "cuda_rng": None}, tmp_path / "ckpt" / "rng_rank00000.pt")
+    want = torch.rand(3)
+    load_checkpoint(tmp_path / "ckpt", model, opt)
+    assert torch.equal(torch.rand(3), want)
+    legacy = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    torch.save({"data": {"position": 3}, "rng": legacy}, tmp_path / "loop.pt")
+    draws = (torch.rand(2), random.random(), np.random.rand(2))
+    set_rng_state(read_file(tmp_path / "loop.pt")["rng"])
+    again = (torch.rand(2), random.random(), np.random.rand(2))
+    assert torch.equal(draws[0], again[0]) and draws[1] == again[1] and np.array_equal(draws[2], again[2])

@@ -11,8 +11,8 @@ ROOT = Path(prac_dist.__file__).parent
 # Each top-level module/folder of prac_dist and its layer: a module may import its own folder and
 # folders of a strictly lower layer. "prac_dist" is the package root (its __init__ re-exports patching).
 LAYER = {
-    "validate": 0, "models": 0, "memory": 0, "distributed": 0,
-    "config": 1,
+    "validate": 0, "models": 0, "memory": 0,
+    "config": 1, "distributed": 1,
     "kernels": 2,
     "core": 3,
     "ops": 4, "loss": 4,

@@ -13,20 +13,15 @@ validating a config works without it.
 
 from __future__ import annotations
 
-from prac_dist.checkpoint import load_prac_state, save_prac_state
-from prac_dist.deepspeed.config import OffloadConfig, PRACSection, load_ds_config, parse_prac_section
+from prac_dist.deepspeed.config import OffloadConfig, PRACSection
 from prac_dist.deepspeed.engine import initialize, prepare_model, wire_engine
 from prac_dist.deepspeed.offload import CompressedActivationOffload
 
 __all__ = [
     "initialize",
-    "parse_prac_section",
-    "load_ds_config",
     "PRACSection",
     "OffloadConfig",
     "CompressedActivationOffload",
     "prepare_model",
     "wire_engine",
-    "save_prac_state",
-    "load_prac_state",
 ]

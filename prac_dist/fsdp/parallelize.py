@@ -16,46 +16,10 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from prac_dist.models.registry import ARCHITECTURES, architecture_of
+from prac_dist.distributed.compile import compile_blocks
+from prac_dist.models.layers import find_decoder_layers
 
-__all__ = ["parallelize", "find_decoder_layers", "compile_blocks"]
-
-
-def find_decoder_layers(model: nn.Module, layers_path: Optional[str] = None) -> nn.ModuleList:
-    """The model's ModuleList of decoder blocks (`model.model.layers`, `model.transformer.h`, ...).
-
-    layers_path, else the registry's path for the model type, else (a family outside the registry, or a
-    bare base model) the ModuleList of same-class blocks holding the most parameters.
-    """
-    arch = architecture_of(model)
-    path = layers_path if layers_path is not None else arch.layers_path if arch is not None else None
-    if path is not None:
-        found = _get_path(model, path)
-        if isinstance(found, nn.ModuleList) and len(found) > 0:
-            return found
-        if layers_path is not None:
-            raise ValueError(f"layers_path={layers_path!r}: {type(model).__name__} has no non-empty "
-                             f"nn.ModuleList there")
-    found = _largest_block_list(model)
-    if found is None:
-        registered = sorted({a.layers_path for a in ARCHITECTURES.values()})
-        raise ValueError(f"cannot find the decoder blocks of {type(model).__name__}: not at a registered path "
-                         f"{registered} and no nn.ModuleList of same-class blocks; "
-                         f"pass layers_path='dotted.path.to.ModuleList'")
-    return found
-
-
-def _largest_block_list(model: nn.Module) -> Optional[nn.ModuleList]:
-    best, best_params = None, 0
-    for module in model.modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if len({type(block) for block in module}) != 1:
-            continue
-        params = sum(p.numel() for p in module.parameters())
-        if params > best_params:
-            best, best_params = module, params
-    return best
+__all__ = ["parallelize"]
 
 
 def parallelize(
@@ -117,22 +81,6 @@ def parallelize(
     return model
 
 
-def compile_blocks(model: nn.Module, backend: str, layers: Optional[nn.ModuleList] = None) -> None:
-    """torch.compile each decoder block's forward in place (PRAC's refreshes and compression stay eager).
-
-    Also turns off the Hugging Face KV cache (`config.use_cache`): training never reads it, and the
-    DynamicCache's per-layer state is a Dynamo guard, so every block compiled once more (10 layers:
-    Dynamo's limit of 8 compiles per function hit, the rest of the blocks' cache code ran eagerly).
-    """
-    if not isinstance(backend, str) or not backend:
-        raise ValueError(f"compile backend={backend!r}: accepted is a torch.compile backend name such as "
-                         f"'inductor' or 'aot_eager'")
-    if getattr(getattr(model, "config", None), "use_cache", None):
-        model.config.use_cache = False
-    for block in layers if layers is not None else find_decoder_layers(model):
-        block.forward = torch.compile(block.forward, backend=backend)
-
-
 def _check_args(mesh, mp_policy, offload_policy, activation_checkpointing) -> None:
     if not isinstance(mesh, DeviceMesh):
         raise ValueError(f"mesh={mesh!r}: accepted is a torch.distributed.device_mesh.DeviceMesh "
@@ -146,12 +94,3 @@ def _check_args(mesh, mp_policy, offload_policy, activation_checkpointing) -> No
                          f"CPUOffloadPolicy / OffloadPolicy")
     if not isinstance(activation_checkpointing, bool):
         raise ValueError(f"activation_checkpointing={activation_checkpointing!r}: accepted is True or False")
-
-
-def _get_path(root: nn.Module, path: str):
-    node = root
-    for part in path.split("."):
-        node = getattr(node, part, None)
-        if node is None:
-            return None
-    return node

@@ -4,11 +4,7 @@ rmsnorm.py, layernorm.py, swiglu.py, gelu.py, and gelu_linear.py (a GELU MLP's G
 as one op that saves h only). With kernel='torch' each is the reference the
 Triton kernels (prac_dist.kernels) are tested against. The linear's Function is the PRAC math
 itself and lives in prac_dist.core.linear.
+Nothing is exported here: prac_dist.patching installs these ops, importing each from its file.
 """
 
-from prac_dist.ops.gelu import lean_gelu
-from prac_dist.ops.layernorm import lean_layer_norm
-from prac_dist.ops.rmsnorm import lean_rms_norm
-from prac_dist.ops.swiglu import lean_swiglu
-
-__all__ = ["lean_rms_norm", "lean_layer_norm", "lean_swiglu", "lean_gelu"]
+__all__ = []

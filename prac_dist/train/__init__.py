@@ -7,10 +7,9 @@ never import this package.
 """
 
 from prac_dist.train.backends import TrainBackend
-from prac_dist.train.config import ConfigError, TrainConfig, load_config
-from prac_dist.train.optim import OptimizerSpec
+from prac_dist.train.config import TrainConfig, load_config
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "TrainBackend", "OptimizerSpec", "train", "main"]
+__all__ = ["TrainConfig", "load_config", "TrainBackend", "train", "main"]
 
 
 def train(*args, **kwargs):

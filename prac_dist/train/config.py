@@ -1,8 +1,11 @@
 """Typed settings of a prac-train run: a YAML preset plus command-line overrides.
 
-Each section is a dataclass whose fields are the only accepted keys, so a
-misspelled key or a wrong type is a `ConfigError` naming `section.key`, never a
-silent default. The `prac:` section is `prac_dist.PRACConfig` itself.
+Each section is a dataclass whose fields are the only accepted keys and whose
+annotations (Literal for a choice) are the accepted values: prac_dist.validate
+checks both, so a misspelled key, a wrong type or an unknown choice is a
+`ConfigError` naming `section.key`, the value and what is accepted, never a
+silent default. Ranges and cross-field rules are `_validate_values`. The `prac:`
+section is `prac_dist.PRACConfig` itself.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple
 
 import yaml
 
@@ -42,8 +45,8 @@ class ModelConfig:
     """Override the preset's vocabulary size (GaLore's presets use 32000, the T5 tokenizer)."""
     overrides: Dict[str, Any] = field(default_factory=dict)
     """Fields of the Hugging Face config to change, e.g. {num_hidden_layers: 2}; each must exist."""
-    attn_implementation: str = "sdpa"
-    """'sdpa' or 'eager' (Hugging Face attention implementation)."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Hugging Face attention implementation."""
 
 
 @dataclass
@@ -107,7 +110,7 @@ class LoopConfig:
     seed: int = 0
     device: Optional[str] = None
     """'cpu', 'cuda' or 'cuda:N'; null = CUDA when available."""
-    precision: Optional[str] = None
+    precision: Optional[Literal["bf16", "fp32"]] = None
     """'bf16' (autocast) or 'fp32'; null = bf16 on GPU, fp32 on CPU."""
     measure_memory: bool = True
     """Measure the bytes saved for backward on one micro-batch at the start (with and without PRAC)."""
@@ -117,12 +120,12 @@ class LoopConfig:
 
 @dataclass
 class BackendConfig:
-    kind: str = "local"
+    kind: Literal["local", "deepspeed", "fsdp"] = "local"
     """'local' (one process), 'deepspeed' or 'fsdp'; --deepspeed / --fsdp select them."""
     deepspeed_config: Optional[str] = None
     """Path of the DeepSpeed JSON (ZeRO stage, precision, ...)."""
-    fsdp_mixed_precision: str = "fp32"
-    """FSDP2 parameter dtype: 'bf16' or 'fp32'."""
+    fsdp_mixed_precision: Literal["bf16", "fp32"] = "fp32"
+    """FSDP2 parameter dtype (prac_dist.train.backends.fsdp.MIXED_PRECISION)."""
     fsdp_cpu_offload: bool = False
     compile: Optional[str] = None
     """torch.compile backend for each decoder block ('inductor', 'aot_eager'); null = eager. local and fsdp."""
@@ -270,7 +273,6 @@ def _validate_values(cfg: TrainConfig) -> None:
         need(getattr(t, name) >= 0, f"train.{name}", getattr(t, name), "an integer >= 0")
     need(t.log_every >= 1, "train.log_every", t.log_every, "an integer >= 1")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "an integer >= 1")
-    need(t.precision in (None, "bf16", "fp32"), "train.precision", t.precision, "'bf16', 'fp32' or null")
     need(t.device is None or t.device == "cpu" or t.device.startswith("cuda"), "train.device", t.device,
          "'cpu', 'cuda', 'cuda:N' or null")
     need(t.threads is None or t.threads >= 1, "train.threads", t.threads, "an integer >= 1 or null")
@@ -292,13 +294,8 @@ def _validate_values(cfg: TrainConfig) -> None:
     need(not (m.from_pretrained and m.name_or_path is None), "model.from_pretrained", m.from_pretrained,
          "true only with model.name_or_path")
     need(m.vocab_size is None or m.vocab_size >= 2, "model.vocab_size", m.vocab_size, "an integer >= 2 or null")
-    need(m.attn_implementation in ("sdpa", "eager"), "model.attn_implementation", m.attn_implementation,
-         "'sdpa' or 'eager'")
-    need(b.kind in ("local", "deepspeed", "fsdp"), "backend.kind", b.kind, "'local', 'deepspeed' or 'fsdp'")
     need(not (b.kind == "deepspeed" and not b.deepspeed_config), "backend.deepspeed_config",
          b.deepspeed_config, "a DeepSpeed JSON path when backend.kind is deepspeed")
-    need(b.fsdp_mixed_precision in ("bf16", "fp32"), "backend.fsdp_mixed_precision", b.fsdp_mixed_precision,
-         "'bf16' or 'fp32'")
     need(b.compile is None or (isinstance(b.compile, str) and b.compile != ""), "backend.compile", b.compile,
          "null or a torch.compile backend name ('inductor', 'aot_eager')")
     need(not (b.compile is not None and b.kind == "deepspeed"), "backend.compile", b.compile,

@@ -3,7 +3,7 @@
 Output directory of a run:
     config.yaml        the resolved settings
     metrics.jsonl      one JSON record per line (kind: memory | train | eval), see docs/train.md
-    checkpoints/       step_N folders, written atomically (prac_dist.train.checkpoint)
+    checkpoints/       step_N folders, written atomically (prac_dist.checkpoint.steps)
     summary.json       final numbers, written when the run completes
     report.md, report.png
 """
@@ -22,8 +22,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from prac_dist.checkpoint import steps as ckpt
+from prac_dist.checkpoint.rng import rng_state, set_rng_state
 from prac_dist.distributed import discover_env
-from prac_dist.train import checkpoint as ckpt
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.optim import OptimizerSpec
 from prac_dist.train.config import ConfigError, TrainConfig, dump_config
@@ -99,9 +100,7 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
         plain = _measure(model, sample, backend, restore_prac=False)
         memory["saved_bytes_no_prac"] = plain.total_bytes
         memory["saved_by_module_name_no_prac"] = dict(plain.by_module_name)  # report: head vs decoder
-    opt = OptimizerSpec(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
-                        eps=cfg.optim.eps, grad_clip=cfg.optim.grad_clip, warmup_steps=cfg.optim.warmup_steps,
-                        max_steps=t.max_steps, min_lr_ratio=cfg.optim.min_lr_ratio, grad_accum=t.grad_accum)
+    opt = OptimizerSpec.from_config(cfg.optim, t.max_steps, t.grad_accum)
     backend.setup(model, cfg.prac, opt)
     if (backend.rank, backend.world_size) != (rank, world):
         raise RuntimeError(f"the backend reports rank {backend.rank} of {backend.world_size} but the launcher's "
@@ -123,7 +122,7 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
         step, tokens, elapsed = extra["step"], extra["tokens"], extra["elapsed_s"]
         memory = extra["memory"]
         data.load_state_dict(loop_state["data"])
-        ckpt.set_rng_state(loop_state["rng"])
+        set_rng_state(loop_state["rng"])
         metrics.truncate(step)
         log.info(f"{name}: resumed from {start_ckpt} (step {step})")
     else:
@@ -176,7 +175,7 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
             log.info(f"{name}: step {step}/{t.max_steps}  train loss {train_loss:.4f}  val loss {last_val:.4f}")
         if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
             extra = {"step": step, "tokens": tokens, "elapsed_s": elapsed, "memory": memory}
-            loop_state = {"data": data.state_dict(), "rng": ckpt.rng_state()}
+            loop_state = {"data": data.state_dict(), "rng": rng_state()}
             ckpt.save_checkpoint(ckpt_root, step, backend, extra, loop_state, t.keep_checkpoints)
         bar.update(1)
         bar.set_postfix_str(_postfix(train_loss, rate, memory, record), refresh=False)
@@ -199,7 +198,7 @@ def _measure(model, sample: torch.Tensor, backend: TrainBackend, restore_prac: b
 
     sample = sample.to(backend.device)
     prac_state = prac_dist.prac_state_dict(model) if restore_prac else None
-    rng = ckpt.rng_state()
+    rng = rng_state()
     forward_ctx = getattr(backend, "forward_context", contextlib.nullcontext)
     was_training = model.training
     model.train()
@@ -212,7 +211,7 @@ def _measure(model, sample: torch.Tensor, backend: TrainBackend, restore_prac: b
     model.train(was_training)
     if prac_state is not None:
         prac_dist.load_prac_state_dict(model, prac_state)
-    ckpt.set_rng_state(rng)
+    set_rng_state(rng)
     return report
 
 

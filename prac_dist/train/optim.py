@@ -7,30 +7,37 @@ too unless its JSON has an "optimizer" section.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from prac_dist.train.config import OptimConfig
+
 __all__ = ["OptimizerSpec", "build_adamw", "warmup_cosine"]
 
 
+@dataclass(frozen=True)
 class OptimizerSpec:
-    """What the loop wants from the optimizer; each backend builds it its own way."""
+    """What the loop wants from the optimizer (each backend builds it its own way): the `optim:` section's
+    fields plus the loop's step count and accumulation. prac-train builds it with `from_config`."""
 
-    def __init__(self, lr: float, weight_decay: float, betas: tuple, eps: float,
-                 grad_clip: float, warmup_steps: int, max_steps: int, min_lr_ratio: float,
-                 grad_accum: int):
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = betas
-        self.eps = eps
-        self.grad_clip = grad_clip
-        self.warmup_steps = warmup_steps
-        self.max_steps = max_steps
-        self.min_lr_ratio = min_lr_ratio
-        self.grad_accum = grad_accum
+    lr: float
+    weight_decay: float
+    betas: Tuple[float, float]
+    eps: float
+    grad_clip: float
+    warmup_steps: int
+    max_steps: int
+    min_lr_ratio: float
+    grad_accum: int
+
+    @classmethod
+    def from_config(cls, optim: OptimConfig, max_steps: int, grad_accum: int) -> "OptimizerSpec":
+        return cls(**dataclasses.asdict(optim), max_steps=max_steps, grad_accum=grad_accum)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:

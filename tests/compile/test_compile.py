@@ -142,7 +142,7 @@ def test_compile_blocks_compiles_each_variant_once_not_per_layer(make_llama):
     A per-layer Python value read in traced code (a seed, a counter, a hook id) would be a guard that fails
     at the next layer: 10 compiles per kind, past Dynamo's limit of 8 (the rest of the blocks run eagerly).
     """
-    from prac_dist.fsdp import compile_blocks
+    from prac_dist.distributed import compile_blocks
 
     counters = torch._dynamo.utils.counters
     model = apply_prac(make_llama(hidden=32, ffn=64, layers=10, heads=2, vocab=64), INT8)
@@ -161,7 +161,7 @@ def test_compile_blocks_compiles_each_variant_once_not_per_layer(make_llama):
 
 
 def test_compile_blocks_compiles_each_block_and_drops_the_kv_cache(make_llama):
-    from prac_dist.fsdp import compile_blocks
+    from prac_dist.distributed import compile_blocks
 
     model = make_llama(layers=2)
     names = [n for n, _ in model.named_parameters()]

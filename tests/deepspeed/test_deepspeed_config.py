@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import prac_dist
-from prac_dist.deepspeed import OffloadConfig, load_ds_config, parse_prac_section, prepare_model
+from prac_dist.deepspeed import OffloadConfig, prepare_model
+from prac_dist.deepspeed.config import load_ds_config, parse_prac_section
 
 import deepspeed  # noqa: E402 - a missing deepspeed fails, never skips
 

@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from prac_dist.fsdp.env import init_distributed
+    from prac_dist.distributed import init_distributed
 
     init_distributed()
     if args.mode == "suite":

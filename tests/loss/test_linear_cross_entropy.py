@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from prac_dist.loss import auto_chunk_size, linear_cross_entropy, store_fits
+from prac_dist.loss import auto_chunk_size, linear_cross_entropy
+from prac_dist.loss.linear_cross_entropy import store_fits
 
 IGNORE = -100
 

@@ -1,17 +1,20 @@
 """Checkpoints that real runs damage: a corrupt or partial newest checkpoint is named in one line and
 --resume falls back to the newest intact one (or exits 2); a full disk says so and leaves no `.tmp-*`;
 re-saving a step never deletes step_N before the new one is in place; another engine's checkpoint is
-refused naming both engines."""
+refused naming both engines; a file whose pickle would run code is refused in one line (exit 2) and
+the code never runs."""
 
 import errno
 import json
+import os
 import shutil
 
 import pytest
 import torch
 
 from prac_dist import PRACConfig
-from prac_dist.train import checkpoint as ckpt
+from prac_dist.checkpoint import UnsafeCheckpoint
+from prac_dist.checkpoint import steps as ckpt
 from prac_dist.train.backends.local import LocalBackend
 from prac_dist.train.optim import OptimizerSpec
 
@@ -106,6 +109,29 @@ def test_resaving_a_step_never_removes_the_complete_one_first(tmp_path, make_lla
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000003"]
 
 
+class _RunsCode:
+    """Unpickling this calls os.mkdir(marker): the stand-in for any code a crafted checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("victim", ["local.pt", "loop_rank00000.pt"])
+def test_a_pickle_that_runs_code_is_refused_without_fallback(tmp_path, make_llama, victim):
+    backend = _backend(make_llama)
+    root, marker = tmp_path / "ckpt", tmp_path / "ran"
+    for step in (2, 4):
+        _save(root, step, backend)
+    torch.save({"extra": _RunsCode(marker)}, root / "step_0000004" / victim)
+    with pytest.raises(UnsafeCheckpoint, match=rf"step_0000004/{victim}: refused: its pickle names code "
+                                                    r"\(posix\.mkdir\)") as info:
+        _resume(root, backend)  # no fallback to step_0000002: a tampered checkpoint is not a damaged one
+    assert "\n" not in str(info.value) and not marker.exists()
+
+
 def test_another_engines_checkpoint_is_refused_naming_both(tmp_path, make_llama):
     backend = _backend(make_llama)
     final = _save(tmp_path, 2, backend)
@@ -132,3 +158,16 @@ def test_cli_resume_falls_back_then_exits_2_when_nothing_is_intact(tmp_path, cor
     res = run_cli(["--config", config, "--output-dir", out, "--resume"])
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("prac-train: error: --resume: no intact checkpoint")
+
+
+@pytest.mark.slow
+def test_cli_resume_refuses_a_pickle_that_runs_code_with_exit_2(tmp_path, corpus):
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    config = tiny_config(tmp_path, corpus, save_every=2, keep_checkpoints=2)
+    assert run_cli(["--config", config, "--output-dir", out]).returncode == 0
+    torch.save({"data": _RunsCode(marker)}, out / "checkpoints" / "step_0000004" / "loop_rank00000.pt")
+    res = run_cli(["--config", config, "--output-dir", out, "--resume"])
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("prac-train: error: ") and "loop_rank00000.pt: refused: its pickle names code" in last
+    assert not marker.exists()

@@ -172,3 +172,36 @@ def test_compare_with_prac_disabled_in_the_json_names_the_json(tmp_path, capsys)
     ds = _ds(tmp_path, {"enabled": False})
     assert main(["--compare", "--deepspeed", ds, "--output-dir", tmp_path / "o"]) == 2
     assert f'PRAC is off by "prac": {{"enabled": false}} in {ds}' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, accepted", [
+    ("train.precision", "fp16", "null or one of ['bf16', 'fp32']"),
+    ("backend.kind", "tpu", "one of ['local', 'deepspeed', 'fsdp']"),
+    ("backend.fsdp_mixed_precision", "none", "one of ['bf16', 'fp32']"),
+    ("model.attn_implementation", "flash", "one of ['sdpa', 'eager']"),
+])
+def test_choices_come_from_the_literal_annotations(key, value, accepted):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {key: value})
+    assert str(info.value) == f"{key}={value!r}: accepted is {accepted}"
+
+
+def test_fsdp_precision_has_one_spelling():
+    from prac_dist.train.backends.fsdp import MIXED_PRECISION, FSDPBackend
+
+    assert sorted(MIXED_PRECISION) == ["bf16", "fp32"] and FSDPBackend().mixed_precision == "fp32"
+    with pytest.raises(ValueError, match=r"mixed_precision='none': accepted is one of \['bf16', 'fp32'\] "
+                                         r"\(float32 throughout is 'fp32'\)"):
+        FSDPBackend(mixed_precision="none")
+
+
+def test_optimizer_spec_is_the_optim_section_plus_the_loop():
+    import dataclasses
+
+    from prac_dist.train.optim import OptimizerSpec
+
+    cfg = load_config(None, {"optim.lr": 3e-4, "optim.betas": [0.8, 0.9], "train.grad_accum": 4})
+    spec = OptimizerSpec.from_config(cfg.optim, cfg.train.max_steps, cfg.train.grad_accum)
+    assert dataclasses.asdict(spec) == {**dataclasses.asdict(cfg.optim), "max_steps": 100, "grad_accum": 4}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lr = 1.0

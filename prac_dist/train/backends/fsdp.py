@@ -13,9 +13,8 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
-from prac_dist.fsdp.checkpoint import load_checkpoint, save_checkpoint
-from prac_dist.fsdp.env import init_distributed
-from prac_dist.fsdp.parallelize import parallelize
+from prac_dist.distributed import init_distributed
+from prac_dist.fsdp import load_checkpoint, parallelize, save_checkpoint
 from prac_dist.train import meta_init
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
@@ -24,9 +23,8 @@ __all__ = ["FSDPBackend", "MIXED_PRECISION"]
 
 # Parameters are all-gathered and computed in param_dtype; gradients are reduce-scattered
 # (averaged over ranks) in float32, so the average of W bf16 gradients does not lose bits.
-# 'fp32' is the spelling of prac-train's backend.fsdp_mixed_precision; 'none' the Python default.
+# The keys are backend.fsdp_mixed_precision's choices (prac_dist/train/config.py).
 MIXED_PRECISION = {
-    "none": None,
     "fp32": None,
     "bf16": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
 }
@@ -35,7 +33,7 @@ MIXED_PRECISION = {
 class FSDPBackend(TrainBackend):
     """FSDP2 data parallelism over all ranks of the job (one 1-D mesh), with PRAC inside.
 
-    mixed_precision: 'none' / 'fp32' (float32 throughout) or 'bf16' (bf16 params/compute, fp32 reduce).
+    mixed_precision: 'fp32' (float32 throughout) or 'bf16' (bf16 params/compute, fp32 reduce).
     cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
     activation_checkpointing: recompute each decoder block in backward (non-reentrant).
     compile_backend: torch.compile each decoder block with this backend before sharding it (None: eager).
@@ -44,10 +42,11 @@ class FSDPBackend(TrainBackend):
     name = "fsdp"
     materializes_model = True
 
-    def __init__(self, mixed_precision: str = "none", cpu_offload: bool = False,
+    def __init__(self, mixed_precision: str = "fp32", cpu_offload: bool = False,
                  activation_checkpointing: bool = False, compile_backend: Optional[str] = None):
         if mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision={mixed_precision!r}: accepted is one of {sorted(MIXED_PRECISION)}")
+            hint = " (float32 throughout is 'fp32')" if mixed_precision == "none" else ""
+            raise ValueError(f"mixed_precision={mixed_precision!r}: accepted is one of {sorted(MIXED_PRECISION)}{hint}")
         for field, value in (("cpu_offload", cpu_offload), ("activation_checkpointing", activation_checkpointing)):
             if not isinstance(value, bool):
                 raise ValueError(f"{field}={value!r}: accepted is True or False")

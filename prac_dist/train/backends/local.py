@@ -9,12 +9,14 @@ autocast on GPU and float32 on CPU. PRAC's subspace schedule advances through
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
+from prac_dist.checkpoint.files import CorruptCheckpoint, read_file
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError
 from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
@@ -49,7 +51,7 @@ class LocalBackend(TrainBackend):
         if prac_config is not None:
             model = prac_dist.apply_prac(model, prac_config)
         if self.compile_backend is not None:  # per decoder block, as under FSDP2 (torchtitan's unit)
-            from prac_dist.fsdp.parallelize import compile_blocks
+            from prac_dist.distributed import compile_blocks
 
             compile_blocks(model, self.compile_backend)
         self.model = model
@@ -102,7 +104,10 @@ class LocalBackend(TrainBackend):
     def load(self, path: Path) -> Dict[str, Any]:
         import prac_dist
 
-        state = torch.load(Path(path) / "local.pt", map_location=self.device, weights_only=False)
+        try:
+            state = read_file(Path(path) / "local.pt", map_location=self.device)
+        except CorruptCheckpoint as exc:  # --resume names the step folder it falls back from
+            raise CorruptCheckpoint(f"{path}: unreadable: {str(exc).replace(str(Path(path)) + os.sep, '')}") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -1,12 +1,12 @@
 """Where this process sits in the job: rank, world size, local rank, rendezvous address.
 
-The one place that reads launcher variables; the compressors, both engines, both checkpoint
-formats and the trainer ask here. The order of precedence is the order in which launchers wrap
+The one place that reads launcher variables; the compressors, both engines, the checkpoints and
+the trainer ask here. The order of precedence is the order in which launchers wrap
 each other: torchrun / the deepspeed launcher set RANK, WORLD_SIZE and LOCAL_RANK explicitly;
 `mpirun` sets OMPI_COMM_WORLD_* (Open MPI), MV2_COMM_WORLD_* (MVAPICH) or PMI_* (MPICH, Intel
 MPI); `srun` sets SLURM_*. A SLURM job that runs torchrun inside `srun` therefore reports
 torchrun's values, which are the right ones (SLURM counts tasks, torchrun counts ranks).
-No torch import at module level: this sits below every other folder of prac_dist.
+No torch import at module level: reading the environment needs none.
 """
 
 from __future__ import annotations

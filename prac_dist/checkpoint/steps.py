@@ -1,4 +1,4 @@
-"""Atomic checkpoints: written under a temporary name, renamed when complete.
+"""prac-train's checkpoints: step_N folders, written under a temporary name and renamed when complete.
 
 A run killed at any instant leaves either the previous checkpoints or a
 `.tmp-*` folder that `--resume` ignores (and the next run deletes), never a
@@ -10,7 +10,12 @@ step swaps the two folders in one rename (Linux renameat2 RENAME_EXCHANGE), so
 What can go wrong is one line naming the path (CheckpointError, a ConfigError: prac-train exits 2):
 a full disk ("no space left on <dir>", the partial `.tmp-*` removed), a corrupt or partial
 checkpoint (`--resume` says so and falls back to the newest intact one), a checkpoint of another
-world size or engine (meta.json records both; refused naming both).
+world size or engine (meta.json records both; refused naming both), a file whose pickle names code
+(UnsafeCheckpoint, files.py: refused, with no fallback).
+
+`backend` is the trainer's engine (prac_dist.train.backends.TrainBackend): this module calls its
+is_main, rank, world_size, name, barrier, save, load and all_reduce_mean, and imports nothing from
+prac_dist.train.
 """
 
 from __future__ import annotations
@@ -19,21 +24,18 @@ import ctypes
 import errno
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
-from prac_dist.checkpoint import CheckpointError, CorruptCheckpoint
-from prac_dist.train.backends import TrainBackend
+from prac_dist.checkpoint.files import CheckpointError, CorruptCheckpoint, read_file
 from prac_dist.validate import ConfigError
 
 __all__ = ["latest_checkpoint", "list_checkpoints", "save_checkpoint", "load_checkpoint", "resume_checkpoint",
-           "rng_state", "set_rng_state", "remove_stale_tmp", "CheckpointError", "CorruptCheckpoint"]
+           "remove_stale_tmp"]
 
 # How each engine is selected on the command line, for the message refusing another engine's checkpoint.
 _ENGINE_FLAG = {"local": "no engine flag", "deepspeed": "--deepspeed CONFIG", "fsdp": "--fsdp"}
@@ -67,22 +69,7 @@ def remove_stale_tmp(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(root: Path, step: int, backend: TrainBackend, extra: Dict[str, Any],
+def save_checkpoint(root: Path, step: int, backend: Any, extra: Dict[str, Any],
                     loop_state: Dict[str, Any], keep: int) -> Path:
     """All ranks call this. loop_state is per rank (data position, RNG); extra is shared."""
     final = root / f"step_{step:07d}"
@@ -151,7 +138,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def load_checkpoint(path: Path, backend: TrainBackend) -> (Dict[str, Any], Dict[str, Any]):
+def load_checkpoint(path: Path, backend: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(extra, this rank's loop state). CorruptCheckpoint when a file cannot be read; CheckpointError when
     the checkpoint does not fit this run (world size, engine)."""
     meta = _read_meta(path)
@@ -167,9 +154,9 @@ def load_checkpoint(path: Path, backend: TrainBackend) -> (Dict[str, Any], Dict[
         raise CorruptCheckpoint(f"{loop_file}: missing (the checkpoint is incomplete)")
     try:
         extra = backend.load(path)
-        loop_state = torch.load(loop_file, weights_only=False)
+        loop_state = read_file(loop_file)
     except ConfigError:
-        raise  # CorruptCheckpoint from below, or an intact checkpoint that does not fit this run (PRAC on/off)
+        raise  # Corrupt/UnsafeCheckpoint from below, or an intact checkpoint that does not fit this run (PRAC on/off)
     except Exception as exc:  # torch's PytorchStreamReader, EOFError, a garbled pickle, a DeepSpeed read error
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise CorruptCheckpoint(f"{path}: unreadable ({type(exc).__name__}: {first})") from None
@@ -188,7 +175,7 @@ def _read_meta(path: Path) -> Dict[str, Any]:
     return meta
 
 
-def resume_checkpoint(root: Path, backend: TrainBackend, warn) -> Optional[tuple]:
+def resume_checkpoint(root: Path, backend: Any, warn) -> Optional[tuple]:
     """Load the newest intact checkpoint under `root`: (path, extra, loop state), or None when there is none.
 
     A corrupt or partial newest checkpoint is reported through `warn` (one line with its path) and the

@@ -5,11 +5,14 @@ Layout of a checkpoint directory:
     model_optim/            torch.distributed.checkpoint (DCP): sharded model + optimizer state;
                             each rank writes its own shards, any world size can read them back
     prac_rank<RRRRR>.pt     per-rank PRAC state (Q1 is computed from each rank's own batch, Q2 is
-                            drawn per rank): prac_dist.checkpoint's format, the one DeepSpeed,
+                            drawn per rank): prac_state.py's format, the one DeepSpeed,
                             the HF Trainer and Accelerate write too; another world size is refused
-    rng_rank<RRRRR>.pt      per-rank torch (and CUDA) RNG state
+    rng_rank<RRRRR>.pt      per-rank RNG state (rng.py: torch, CUDA, Python, NumPy)
     trainer.pt              rank 0: scheduler state, world size, the caller's `extra`; written last,
                             so its presence marks a complete checkpoint
+
+prac_dist.fsdp exports save_checkpoint / load_checkpoint; every file is read with weights_only=True
+(files.py), so `extra` holds tensors, numbers, strings, None and containers of them.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from prac_dist.checkpoint import CheckpointError, CorruptCheckpoint, load_prac_state, read_file, save_prac_state
-from prac_dist.distributed import rank_world
+from prac_dist.checkpoint.files import CheckpointError, CorruptCheckpoint, read_file, write_file
+from prac_dist.checkpoint.prac_state import load_prac_state, save_prac_state
+from prac_dist.checkpoint.rng import rng_state, set_rng_state
+from prac_dist.distributed.env import rank_world
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: the RNG file holds rng.py's snapshot; 1 (torch and CUDA tensors only) still loads
 
 
 def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -52,10 +57,10 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
     has_prac = is_prac_model(model)
     if has_prac:
         save_prac_state(model, path)
-    torch.save({"format": _FORMAT, "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng()}, _rng_file(path, rank))
+    write_file({"format": _FORMAT, "rng": rng_state()}, _rng_file(path, rank))
     _barrier()
     if rank == 0:
-        torch.save({"format": _FORMAT, "world_size": world, "has_prac": has_prac,
+        write_file({"format": _FORMAT, "world_size": world, "has_prac": has_prac,
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "extra": dict(extra or {})}, path / "trainer.pt")
     _barrier()
@@ -78,7 +83,7 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
     if not trainer_file.is_file():
         raise CorruptCheckpoint(f"checkpoint {path} is incomplete or missing: no trainer.pt "
                               f"(save_checkpoint writes it last)")
-    trainer = read_file(trainer_file, weights_only=False)
+    trainer = read_file(trainer_file)
     if trainer["has_prac"] != is_prac_model(model):
         saved = "has" if trainer["has_prac"] else "has no"
         now = "is" if is_prac_model(model) else "is not"
@@ -101,20 +106,19 @@ def load_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
         load_prac_state(model, path)
     # Without PRAC a job may resume on another world size: ranks beyond the saved ones keep their RNG.
     if _rng_file(path, rank).is_file():
-        per_rank = read_file(_rng_file(path, rank), weights_only=False)
-        torch.set_rng_state(per_rank["rng"])
-        if per_rank["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(per_rank["cuda_rng"])
+        per_rank = read_file(_rng_file(path, rank))
+        if isinstance(per_rank["rng"], torch.Tensor):  # format 1: torch's and the current CUDA device's only
+            torch.set_rng_state(per_rank["rng"])
+            if per_rank.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(per_rank["cuda_rng"])
+        else:
+            set_rng_state(per_rank["rng"])
     _barrier()
     return trainer["extra"]
 
 
 def _rng_file(path: Path, rank: int) -> Path:
     return path / f"rng_rank{rank:05d}.pt"
-
-
-def _cuda_rng():
-    return torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 def _barrier() -> None:

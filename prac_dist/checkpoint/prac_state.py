@@ -12,8 +12,9 @@ subspaces came from rank r's data, and a new rank has no basis of its own to res
 optimizer state of either engine may reshard; to continue such a run on another world size, load
 the weights alone (DeepSpeed `load_module_only=True`) and let PRAC start a fresh schedule.
 
-Unreadable or truncated files are a `CheckpointError` naming the file: a ConfigError, so prac-train
-prints one line and exits 2 (or falls back to an older intact checkpoint).
+Unreadable or truncated files are a `CorruptCheckpoint` naming the file, and a file whose pickle names
+code an `UnsafeCheckpoint` (files.py): ConfigErrors, so prac-train prints one line and exits 2 (or, for a
+damaged file, falls back to an older intact checkpoint).
 """
 
 from __future__ import annotations
@@ -21,40 +22,20 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-import torch
 from torch import nn
 
-from prac_dist.distributed import rank_world
-from prac_dist.validate import ConfigError
+from prac_dist.checkpoint.files import CheckpointError, CorruptCheckpoint, read_file, write_file
+from prac_dist.distributed.env import rank_world
 
-__all__ = ["CheckpointError", "CorruptCheckpoint", "save_prac_state", "load_prac_state", "has_prac_state", "prac_state_path", "read_file"]
+__all__ = ["save_prac_state", "load_prac_state", "has_prac_state", "prac_state_path"]
 
 _FORMAT = 1
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that is unreadable, incomplete, or does not fit this run; the message names the path."""
-
-
-class CorruptCheckpoint(CheckpointError):
-    """A file of the checkpoint is missing, truncated or garbled: an older checkpoint may still be intact."""
 
 
 def prac_state_path(directory, rank: Optional[int] = None) -> str:
     if rank is None:
         rank = rank_world()[0]
     return os.path.join(os.fspath(directory), f"prac_rank{rank:05d}.pt")
-
-
-def read_file(path, weights_only: bool = True) -> Any:
-    """torch.load, with a truncated or corrupt file reported as one line naming it."""
-    try:
-        return torch.load(os.fspath(path), map_location="cpu", weights_only=weights_only)
-    except FileNotFoundError:
-        raise CorruptCheckpoint(f"{os.fspath(path)}: missing (the checkpoint is incomplete)") from None
-    except Exception as exc:  # PytorchStreamReader, EOFError, UnpicklingError: all mean the same here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptCheckpoint(f"{os.fspath(path)}: unreadable ({type(exc).__name__}: {first[:160]})") from None
 
 
 def save_prac_state(model: nn.Module, directory) -> str:
@@ -65,9 +46,7 @@ def save_prac_state(model: nn.Module, directory) -> str:
     os.makedirs(directory, exist_ok=True)
     path = prac_state_path(directory, rank)
     payload = {"format": _FORMAT, "rank": rank, "world_size": world, "state": prac_state_dict(model)}
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_file(payload, path)
     return path
 
 

@@ -1,4 +1,4 @@
-"""FSDP2's process group and device from the launcher's environment (prac_dist.distributed)."""
+"""The default process group and this rank's device, from the launcher's environment (env.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from prac_dist.distributed import DistEnv, discover_env
+from prac_dist.distributed.env import DistEnv, discover_env
 
 __all__ = ["init_distributed"]
 
