@@ -9,7 +9,6 @@ is larger.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -31,9 +30,7 @@ def alternating_step_times(cfg: TrainConfig, make_backend: Callable) -> Dict[str
 
     t = cfg.train
     rounds = min(_MAX_ROUNDS, t.max_steps)
-    spec = OptimizerSpec(lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas,
-                         eps=cfg.optim.eps, grad_clip=cfg.optim.grad_clip, warmup_steps=cfg.optim.warmup_steps,
-                         max_steps=t.max_steps, min_lr_ratio=cfg.optim.min_lr_ratio, grad_accum=t.grad_accum)
+    spec = OptimizerSpec.from_config(cfg.optim, t.max_steps, t.grad_accum)  # as train() builds it
     backends = {}
     for label, prac in (("baseline", None), ("prac", cfg.prac)):
         backend = make_backend()
@@ -59,13 +56,12 @@ def alternating_step_times(cfg: TrainConfig, make_backend: Callable) -> Dict[str
 
 def _timed_step(backend, batch: torch.Tensor, grad_accum: int) -> float:
     batch = batch.to(backend.device)
-    forward_context = getattr(backend, "forward_context", contextlib.nullcontext)
     cuda = backend.device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(backend.device)
     t0 = time.perf_counter()
     for _ in range(grad_accum):
-        with forward_context():
+        with backend.forward_context():
             loss = backend.model(input_ids=batch, labels=batch).loss
         backend.backward(loss)
     backend.step()
