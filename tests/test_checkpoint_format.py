@@ -212,3 +212,20 @@ def test_checkpoint_files_of_the_previous_format_still_load(tmp_path, make_llama
     set_rng_state(read_file(tmp_path / "loop.pt")["rng"])
     again = (torch.rand(2), random.random(), np.random.rand(2))
     assert torch.equal(draws[0], again[0]) and draws[1] == again[1] and np.array_equal(draws[2], again[2])
+
+
+def test_rng_snapshot_is_plain_data_and_restores_every_generator(tmp_path):
+    import random
+
+    import numpy as np
+
+    from prac_dist.checkpoint.files import read_file, write_file
+    from prac_dist.checkpoint.rng import rng_state, set_rng_state
+
+    np.random.randn()  # leaves a cached Gaussian: has_gauss=1 must come back too
+    write_file(rng_state(), tmp_path / "rng.pt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "rng.pt")) == []
+    draws = (torch.rand(2), random.gauss(0, 1), np.random.randn(3))
+    set_rng_state(read_file(tmp_path / "rng.pt"))
+    again = (torch.rand(2), random.gauss(0, 1), np.random.randn(3))
+    assert torch.equal(draws[0], again[0]) and draws[1] == again[1] and np.array_equal(draws[2], again[2])

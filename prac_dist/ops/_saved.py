@@ -1,4 +1,8 @@
-"""Saving a nonlinear layer's input: itself (lean, exact) or PRAC-compressed (the paper's setting)."""
+"""Saving a nonlinear layer's input: itself (lean, exact) or PRAC-compressed (the paper's setting).
+
+Every lean op saves its input the same way: `prepare` before the autograd.Function, `saved_input`
+inside its forward, `restored_input` in its backward.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +24,11 @@ def prepare(x: torch.Tensor, comp: Optional[Compressor]) -> Optional[torch.Tenso
         return comp.next_seed() if comp.rounds else None
 
 
-def stored_input(x: torch.Tensor, comp: Optional[Compressor]) -> Tuple[torch.Tensor, ...]:
-    """What to save for backward: (x,) or its compressed form. Call under the training forward."""
-    if comp is None or not torch.is_grad_enabled():
+def saved_input(x: torch.Tensor, comp: Optional[Compressor], seed: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+    """What the Function's forward saves for backward: (x,), or x's compressed form with `prepare`'s key."""
+    if comp is None:
         return (x,)
-    with torch.no_grad():
-        x2d = x.detach().reshape(-1, x.shape[-1])
-        comp.refresh(x2d)
-        return comp.compress(x2d)
+    return comp.compress(x.reshape(-1, x.shape[-1]), seed)
 
 
 def restored_input(saved: Tuple[torch.Tensor, ...], comp: Optional[Compressor], shape, dtype) -> torch.Tensor:

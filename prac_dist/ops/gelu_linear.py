@@ -14,20 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from prac_dist.core.linear import compute_dtype
-from prac_dist.ops.gelu import _gelu_grad
+from prac_dist.ops.gelu import gelu_cast, gelu_grad
 
 __all__ = ["GELULinearFunction", "gelu_linear"]
-
-
-def _gelu(h: torch.Tensor, approximate: str) -> torch.Tensor:
-    return F.gelu(h.float(), approximate=approximate).to(h.dtype)
 
 
 class GELULinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, approximate, transposed, dtype):
         with torch.autocast(h.device.type, enabled=False):
-            a = _gelu(h, approximate).to(dtype)
+            a = gelu_cast(h, approximate).to(dtype)
             w = weight.to(dtype)
             y = a @ w if transposed else a @ w.t()
             if bias is not None:
@@ -46,9 +42,9 @@ class GELULinearFunction(torch.autograd.Function):
         dh = dw = db = None
         if ctx.needs_input_grad[0]:
             da = dy2d @ w.t() if ctx.transposed else dy2d @ w
-            dh = (da.float() * _gelu_grad(h.reshape(-1, n).float(), ctx.approximate)).to(h.dtype).reshape(h.shape)
+            dh = (da.float() * gelu_grad(h.reshape(-1, n).float(), ctx.approximate)).to(h.dtype).reshape(h.shape)
         if ctx.needs_input_grad[1]:
-            a = _gelu(h, ctx.approximate).reshape(-1, n).to(ctx.dtype)
+            a = gelu_cast(h, ctx.approximate).reshape(-1, n).to(ctx.dtype)
             g = dy2d.t() @ a  # out x in
             dw = (g.t() if ctx.transposed else g).to(weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -60,6 +56,6 @@ def gelu_linear(h: torch.Tensor, approximate: str, weight: torch.Tensor, bias: O
                 transposed: bool = False) -> torch.Tensor:
     """gelu(h) Wᵀ + b (X W + b for a transposed Conv1D weight), saving only h for backward."""
     if not torch.is_grad_enabled():
-        a = _gelu(h, approximate)
+        a = gelu_cast(h, approximate)
         return (a @ weight + bias if bias is not None else a @ weight) if transposed else F.linear(a, weight, bias)
     return GELULinearFunction.apply(h, weight, bias, approximate, transposed, compute_dtype(h))

@@ -1,9 +1,9 @@
 """Lean RMSNorm: the one autograd Function of the op (kernel='torch' is the reference).
 
-HF's LlamaRMSNorm saves float32 up-casts of its input (about 2.5 units of d·2 bytes per
-token, measured); this saves the input in the model dtype plus the per-row rstd (4 bytes
-per token), or, with compress_nonlinear, the input's stored form (int8 of x, or its PRAC
-projection). rstd comes from the true x either way, so the statistics stay exact.
+HF's LlamaRMSNorm saves float32 up-casts of its input (more than the input itself in bf16);
+this saves the input in the model dtype plus the per-row rstd (4 bytes per token), or, with
+compress_nonlinear, the input's stored form (int8 of x, or its PRAC projection). rstd comes
+from the true x either way, so the statistics stay exact.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from prac_dist.core.storage import pack_projected
 from prac_dist.kernels.dispatch import resolve_kernel
 from prac_dist.kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward
-from prac_dist.ops._saved import prepare, restored_input
+from prac_dist.ops._saved import prepare, restored_input, saved_input
 
 __all__ = ["LeanRMSNormFunction", "lean_rms_norm"]
 
@@ -28,16 +28,13 @@ class LeanRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps, comp, kernel, seed):
         x2d = x.reshape(-1, x.shape[-1])
-        if comp is None:
+        # (autograd runs forward with grad off, so this compresses directly; `prepare` refreshed comp)
+        if comp is not None and comp.projects and resolve_kernel(kernel, x.device) == "triton":
+            y, rstd, z = rmsnorm_project_forward(x2d, weight, eps, comp.q_fwd(x.dtype, x.device), kernel)
+            saved = pack_projected(z, comp.storage_bits, kernel, seed)
+        else:
             y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
-            saved = (x,)
-        else:  # (autograd runs forward with grad off, so this compresses directly; `prepare` refreshed comp)
-            if comp.projects and resolve_kernel(kernel, x.device) == "triton":
-                y, rstd, z = rmsnorm_project_forward(x2d, weight, eps, comp.q_fwd(x.dtype, x.device), kernel)
-                saved = pack_projected(z, comp.storage_bits, kernel, seed)
-            else:
-                y, rstd = rmsnorm_forward(x2d, weight, eps, kernel)
-                saved = comp.compress(x2d, seed)
+            saved = saved_input(x, comp, seed)
         ctx.comp, ctx.shape, ctx.x_dtype, ctx.kernel = comp, x.shape, x.dtype, kernel
         ctx.save_for_backward(weight, rstd, *saved)
         return y.reshape(x.shape[:-1] + y.shape[-1:])

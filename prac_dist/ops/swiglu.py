@@ -13,7 +13,7 @@ import torch
 from prac_dist.core.storage import pack_projected
 from prac_dist.kernels.dispatch import resolve_kernel
 from prac_dist.kernels.swiglu import swiglu_backward, swiglu_forward, swiglu_project_forward
-from prac_dist.ops._saved import prepare, restored_input
+from prac_dist.ops._saved import prepare, restored_input, saved_input
 
 __all__ = ["LeanSwiGLUFunction", "lean_swiglu"]
 
@@ -39,8 +39,7 @@ class LeanSwiGLUFunction(torch.autograd.Function):
             h = h.reshape(g.shape)
         else:
             h = swiglu_forward(g, u, kernel)
-            saved_g = comp_g.compress(g2d, seed_g) if comp_g is not None else (g,)
-            saved_u = comp_u.compress(u2d, seed_u) if comp_u is not None else (u,)
+            saved_g, saved_u = saved_input(g, comp_g, seed_g), saved_input(u, comp_u, seed_u)
         ctx.comps, ctx.n_g, ctx.shape, ctx.dtype, ctx.kernel = (comp_g, comp_u), len(saved_g), g.shape, g.dtype, kernel
         ctx.save_for_backward(*saved_g, *saved_u)
         return h

@@ -1,5 +1,8 @@
 """The prac-train loop: one loop for every engine (see prac_dist.train.backends).
 
+train() is setup (_setup), resume or a fresh start (_start) and a loop over train_step, each step
+followed by its logging, evaluation and checkpoint (_after_step).
+
 Output directory of a run:
     config.yaml        the resolved settings
     metrics.jsonl      one JSON record per line (kind: memory | train | eval), see docs/train.md
@@ -10,7 +13,6 @@ Output directory of a run:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -26,12 +28,12 @@ from prac_dist.checkpoint import steps as ckpt
 from prac_dist.checkpoint.rng import rng_state, set_rng_state
 from prac_dist.distributed import discover_env
 from prac_dist.train.backends import TrainBackend
-from prac_dist.train.optim import OptimizerSpec
 from prac_dist.train.config import ConfigError, TrainConfig, dump_config
 from prac_dist.train.data import build_data, check_sources, load_tokenizer
 from prac_dist.train.models import build_model, check_vocab
+from prac_dist.train.optim import OptimizerSpec
 
-__all__ = ["train", "env_rank_world", "RankLogger"]
+__all__ = ["train", "train_step", "env_rank_world", "RankLogger"]
 
 
 def env_rank_world() -> (int, int):
@@ -64,18 +66,81 @@ class RankLogger:
         tqdm.write(f"{prefix}{msg}", file=sys.stderr)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What setup built; fixed for the whole run."""
+
+    cfg: TrainConfig
+    name: str
+    out: Path
+    backend: TrainBackend
+    model: Any
+    data: Any
+    log: RankLogger
+    metrics: "_Metrics"
+    sample: torch.Tensor
+    n_params: int
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.cfg.train
+        return t.micro_batch_size * self.cfg.data.seq_len * t.grad_accum * self.backend.world_size
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What a checkpoint saves and --resume restores (with the data position and the RNG)."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    memory: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bool = False,
           output_dir: Optional[Path] = None, label: Optional[str] = None) -> Dict[str, Any]:
     """Run one training job to completion; returns the summary (also written to summary.json)."""
+    name = label or ("prac" if cfg.prac is not None else "baseline")
+    run, start_ckpt, memory = _setup(cfg, make_backend, resume, Path(output_dir or cfg.train.output_dir), name)
+    progress = _start(run, start_ckpt, resume, memory)
+    backend, max_steps = run.backend, cfg.train.max_steps
+    if backend.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backend.device)
+    last_val, rate = None, None
+    bar = _progress(max_steps, progress.step, name, enabled=backend.is_main)
+    while progress.step < max_steps:
+        record = train_step(run, progress)
+        per_s = record["tokens_per_s"]
+        rate = per_s if rate is None else 0.9 * rate + 0.1 * per_s
+        last_val = _after_step(run, progress, record, last_val)
+        bar.update(1)
+        bar.set_postfix_str(_postfix(record["train_loss"], rate, progress.memory, record), refresh=False)
+    bar.close()
+    if last_val is None:  # resumed a finished run: evaluate again, the state is the same
+        last_val = _evaluate(run.model, run.data, backend)
+    summary = _summary(name, cfg, run.metrics.records(), progress.memory, last_val, progress.elapsed_s,
+                       progress.tokens, backend)
+    if backend.is_main:
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    backend.barrier()
+    return summary
+
+
+def _setup(cfg: TrainConfig, make_backend, resume: bool, out: Path, name: str):
+    """Check the input, build tokenizer, engine, model and data, and prepare the output directory.
+
+    Returns (run, the newest checkpoint folder to resume from or None, the unpatched model's memory numbers).
+    Everything that can reject the input runs before the output directory is touched.
+    """
     t = cfg.train
-    out = Path(output_dir or t.output_dir)
     rank, world = env_rank_world()
     log = RankLogger(rank, world)
     if t.threads:
         torch.set_num_threads(t.threads)
-    name = label or ("prac" if cfg.prac is not None else "baseline")
-
-    # Everything that can reject the input runs before the output directory is touched.
     check_sources(cfg.data)
     ckpt_root = out / "checkpoints"
     start_ckpt = ckpt.latest_checkpoint(ckpt_root) if resume else None
@@ -94,100 +159,94 @@ def train(cfg: TrainConfig, make_backend: Callable[[], TrainBackend], resume: bo
 
     memory: Dict[str, Any] = {}
     sample = data.eval_batches()[0]
-    if t.measure_memory and start_ckpt is None and backend.name == "local" and cfg.prac is not None:
+    if t.measure_memory and start_ckpt is None and backend.runs_before_setup and cfg.prac is not None:
         # The same micro-batch through the unpatched model: the reference for the PRAC saving.
         model.to(backend.device)
         plain = _measure(model, sample, backend, restore_prac=False)
         memory["saved_bytes_no_prac"] = plain.total_bytes
         memory["saved_by_module_name_no_prac"] = dict(plain.by_module_name)  # report: head vs decoder
-    opt = OptimizerSpec.from_config(cfg.optim, t.max_steps, t.grad_accum)
-    backend.setup(model, cfg.prac, opt)
+    backend.setup(model, cfg.prac, OptimizerSpec.from_config(cfg.optim, t.max_steps, t.grad_accum))
     if (backend.rank, backend.world_size) != (rank, world):
         raise RuntimeError(f"the backend reports rank {backend.rank} of {backend.world_size} but the launcher's "
                            f"environment says {rank} of {world}")
-    model = backend.model
-
     if backend.is_main:
         out.mkdir(parents=True, exist_ok=True)
         ckpt.remove_stale_tmp(ckpt_root)
         (out / "config.yaml").write_text(dump_config(cfg))
     backend.barrier()
     metrics = _Metrics(out / "metrics.jsonl", enabled=backend.is_main)
+    run = _Run(cfg, name, out, backend, backend.model, data, log, metrics, sample, n_params)
+    return run, start_ckpt, memory
 
-    torch.manual_seed(t.seed)
-    step, tokens, elapsed = 0, 0, 0.0
-    resumed = ckpt.resume_checkpoint(ckpt_root, backend, log.warning) if start_ckpt is not None else None
+
+def _start(run: _Run, start_ckpt: Optional[Path], resume: bool, memory: Dict[str, Any]) -> _Progress:
+    """Seed, then restore the newest intact checkpoint, or measure the memory and log it at step 0."""
+    cfg, backend = run.cfg, run.backend
+    torch.manual_seed(cfg.train.seed)
+    resumed = ckpt.resume_checkpoint(run.ckpt_root, backend, run.log.warning) if start_ckpt is not None else None
     if resumed is not None:
         start_ckpt, extra, loop_state = resumed
-        step, tokens, elapsed = extra["step"], extra["tokens"], extra["elapsed_s"]
-        memory = extra["memory"]
-        data.load_state_dict(loop_state["data"])
+        progress = _Progress(extra["step"], extra["tokens"], extra["elapsed_s"], extra["memory"])
+        run.data.load_state_dict(loop_state["data"])
         set_rng_state(loop_state["rng"])
-        metrics.truncate(step)
-        log.info(f"{name}: resumed from {start_ckpt} (step {step})")
-    else:
-        if resume:
-            log.info(f"{name}: --resume found no checkpoint in {ckpt_root}; starting from step 0")
-        metrics.truncate(-1)
-        if t.measure_memory:
-            report = _measure(model, sample.to(backend.device), backend, restore_prac=cfg.prac is not None)
-            memory.update(saved_bytes=report.total_bytes, saved_by_module_type=dict(report.by_module_type),
-                          saved_by_module_name=dict(report.by_module_name))
-        memory["params"] = n_params
-        metrics.write({"step": 0, "kind": "memory", **memory})
+        run.metrics.truncate(progress.step)
+        run.log.info(f"{run.name}: resumed from {start_ckpt} (step {progress.step})")
+        return progress
+    if resume:
+        run.log.info(f"{run.name}: --resume found no checkpoint in {run.ckpt_root}; starting from step 0")
+    run.metrics.truncate(-1)
+    if cfg.train.measure_memory:
+        report = _measure(run.model, run.sample.to(backend.device), backend, restore_prac=cfg.prac is not None)
+        memory.update(saved_bytes=report.total_bytes, saved_by_module_type=dict(report.by_module_type),
+                      saved_by_module_name=dict(report.by_module_name))
+    memory["params"] = run.n_params
+    run.metrics.write({"step": 0, "kind": "memory", **memory})
+    return _Progress(memory=memory)
 
-    cuda = backend.device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(backend.device)
-    tokens_per_step = t.micro_batch_size * cfg.data.seq_len * t.grad_accum * world
-    forward_ctx = getattr(backend, "forward_context", contextlib.nullcontext)
-    last_val = None
-    bar = _progress(t.max_steps, step, name, enabled=backend.is_main)
-    rate = None
-    while step < t.max_steps:
-        t0 = time.perf_counter()
-        loss_sum = 0.0
-        for _ in range(t.grad_accum):
-            batch = data.next_batch().to(backend.device, non_blocking=True)
-            with forward_ctx():
-                loss = model(input_ids=batch, labels=batch).loss
-            backend.backward(loss)
-            loss_sum += float(loss.detach())
-        info = backend.step()
-        step += 1
-        train_loss = backend.all_reduce_mean(loss_sum / t.grad_accum)
-        if not math.isfinite(train_loss):
-            raise RuntimeError(f"step {step}: training loss is {train_loss}; lower optim.lr or check the data")
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        tokens += tokens_per_step
-        rate = tokens_per_step / dt if rate is None else 0.9 * rate + 0.1 * tokens_per_step / dt
-        record = {"step": step, "kind": "train", "train_loss": train_loss, "lr": info["lr"],
-                  "grad_norm": info.get("grad_norm"), "tokens": tokens, "tokens_per_s": tokens_per_step / dt,
-                  "elapsed_s": elapsed}
-        if cuda:
-            record["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(backend.device)
-        if step % t.log_every == 0 or step == t.max_steps:
-            metrics.write(record)
-        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
-            last_val = _evaluate(model, data, backend, forward_ctx)
-            metrics.write(_eval_record(step, last_val, model, cfg))
-            log.info(f"{name}: step {step}/{t.max_steps}  train loss {train_loss:.4f}  val loss {last_val:.4f}")
-        if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
-            extra = {"step": step, "tokens": tokens, "elapsed_s": elapsed, "memory": memory}
-            loop_state = {"data": data.state_dict(), "rng": rng_state()}
-            ckpt.save_checkpoint(ckpt_root, step, backend, extra, loop_state, t.keep_checkpoints)
-        bar.update(1)
-        bar.set_postfix_str(_postfix(train_loss, rate, memory, record), refresh=False)
-    bar.close()
 
-    if last_val is None:  # resumed a finished run: evaluate again, the state is the same
-        last_val = _evaluate(model, data, backend, forward_ctx)
-    summary = _summary(name, cfg, metrics.records(), memory, last_val, elapsed, tokens, backend)
-    if backend.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    backend.barrier()
-    return summary
+def train_step(run: _Run, progress: _Progress) -> Dict[str, Any]:
+    """One optimizer step (grad_accum micro-batches); advances `progress` and returns its metrics record."""
+    t, backend = run.cfg.train, run.backend
+    t0 = time.perf_counter()
+    loss_sum = 0.0
+    for _ in range(t.grad_accum):
+        batch = run.data.next_batch().to(backend.device, non_blocking=True)
+        with backend.forward_context():
+            loss = run.model(input_ids=batch, labels=batch).loss
+        backend.backward(loss)
+        loss_sum += float(loss.detach())
+    info = backend.step()
+    progress.step += 1
+    train_loss = backend.all_reduce_mean(loss_sum / t.grad_accum)
+    if not math.isfinite(train_loss):
+        raise RuntimeError(f"step {progress.step}: training loss is {train_loss}; lower optim.lr or check the data")
+    dt = time.perf_counter() - t0
+    progress.elapsed_s += dt
+    progress.tokens += run.tokens_per_step
+    record = {"step": progress.step, "kind": "train", "train_loss": train_loss, "lr": info["lr"],
+              "grad_norm": info.get("grad_norm"), "tokens": progress.tokens,
+              "tokens_per_s": run.tokens_per_step / dt, "elapsed_s": progress.elapsed_s}
+    if backend.device.type == "cuda":
+        record["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(backend.device)
+    return record
+
+
+def _after_step(run: _Run, progress: _Progress, record: Dict[str, Any], last_val: Optional[float]):
+    """Log, evaluate and checkpoint when due; returns the newest validation loss."""
+    t, step = run.cfg.train, progress.step
+    if step % t.log_every == 0 or step == t.max_steps:
+        run.metrics.write(record)
+    if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+        last_val = _evaluate(run.model, run.data, run.backend)
+        run.metrics.write(_eval_record(step, last_val, run.model, run.cfg))
+        run.log.info(f"{run.name}: step {step}/{t.max_steps}  train loss {record['train_loss']:.4f}  "
+                     f"val loss {last_val:.4f}")
+    if (t.save_every and step % t.save_every == 0) or step == t.max_steps:
+        extra = {"step": step, "tokens": progress.tokens, "elapsed_s": progress.elapsed_s,
+                 "memory": progress.memory}
+        loop_state = {"data": run.data.state_dict(), "rng": rng_state()}
+        ckpt.save_checkpoint(run.ckpt_root, step, run.backend, extra, loop_state, t.keep_checkpoints)
+    return last_val
 
 
 def _measure(model, sample: torch.Tensor, backend: TrainBackend, restore_prac: bool):
@@ -199,12 +258,11 @@ def _measure(model, sample: torch.Tensor, backend: TrainBackend, restore_prac: b
     sample = sample.to(backend.device)
     prac_state = prac_dist.prac_state_dict(model) if restore_prac else None
     rng = rng_state()
-    forward_ctx = getattr(backend, "forward_context", contextlib.nullcontext)
     was_training = model.training
     model.train()
 
     def run():
-        with forward_ctx():
+        with backend.forward_context():
             return model(input_ids=sample, labels=sample).loss
 
     report = measure_saved_bytes(run, model)
@@ -216,12 +274,12 @@ def _measure(model, sample: torch.Tensor, backend: TrainBackend, restore_prac: b
 
 
 @torch.no_grad()
-def _evaluate(model, data, backend: TrainBackend, forward_ctx) -> float:
+def _evaluate(model, data, backend: TrainBackend) -> float:
     model.eval()
     losses = []
     for batch in data.eval_batches():
         batch = batch.to(backend.device)
-        with forward_ctx():
+        with backend.forward_context():
             losses.append(float(model(input_ids=batch, labels=batch).loss))
     model.train()
     return backend.all_reduce_mean(sum(losses) / len(losses))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, ContextManager, Dict, Optional
 
 import torch
 from torch import nn
@@ -29,7 +29,8 @@ class TrainBackend(abc.ABC):
         backend = SomeBackend(...); backend.setup(model, prac_config_or_None, opt_spec)
         for each optimizer step:
             for each micro-batch:
-                loss = backend.model(input_ids=..., labels=...).loss
+                with backend.forward_context():
+                    loss = backend.model(input_ids=..., labels=...).loss
                 backend.backward(loss)               # unscaled loss; the backend divides by grad_accum
             info = backend.step()                    # clip, optimizer step, LR step, prac_dist.step
         backend.save(dir, extra) / extra = backend.load(dir)
@@ -44,10 +45,17 @@ class TrainBackend(abc.ABC):
     # True: setup() takes a preset model whose parameters are still on the meta device, shards it
     # and materialises each rank's shard (prac_dist.train.meta_init); the loop then skips the CPU build.
     materializes_model: bool = False
+    # True: `device` is known at construction, so the loop may run the unpatched model there before
+    # setup() (its saved-bytes reference for the PRAC saving); engines that pick the device in setup() cannot.
+    runs_before_setup: bool = False
 
     @abc.abstractmethod
     def setup(self, model: nn.Module, prac_config: Optional[Any], opt: OptimizerSpec) -> None:
         """Apply PRAC (when prac_config is not None), wrap/shard the model, build optimizer + schedule."""
+
+    @abc.abstractmethod
+    def forward_context(self) -> ContextManager:
+        """Entered around every forward of the loop (training, evaluation, memory measurement)."""
 
     @abc.abstractmethod
     def backward(self, loss: torch.Tensor) -> None:

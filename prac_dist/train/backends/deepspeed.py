@@ -19,6 +19,7 @@ schedule, so `--deepspeed` and local runs are comparable step for step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import logging
@@ -148,6 +149,10 @@ class DeepSpeedBackend(TrainBackend):
         return cfg
 
     # ---- training -----------------------------------------------------------------------------
+    def forward_context(self):
+        """No autocast: the engine casts as the JSON's bf16 / fp16 sections say."""
+        return contextlib.nullcontext()
+
     def backward(self, loss: torch.Tensor) -> None:
         # engine.backward divides by gradient_accumulation_steps; engine.step() after every
         # micro-batch advances DeepSpeed's micro-step counter, and only the boundary one updates.
@@ -224,8 +229,8 @@ def _return_freed_memory() -> None:
 
     zero.Init broadcasts each whole parameter from rank 0, so the other ranks write (touch) all of it before
     keeping their partition. glibc serves tensors up to its dynamic mmap threshold (<= 32 MB: q/k/v/o of
-    llama_1b) from the heap, and a freed one between two kept partitions stays resident: measured
-    +0.19 x the fp32 model per rank over llama_1b's 219 parameters without this, 0.687 x in all.
+    llama_1b) from the heap, and a freed one between two kept partitions stays resident: without the trim a
+    rank's memory grows with every parameter partitioned (benchmarks/init_memory.py --deepspeed measures it).
     """
     libc = _libc()
     if libc is not None:

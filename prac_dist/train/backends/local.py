@@ -26,6 +26,7 @@ __all__ = ["LocalBackend"]
 
 class LocalBackend(TrainBackend):
     name = "local"
+    runs_before_setup = True
 
     def __init__(self, device: Optional[str] = None, precision: Optional[str] = None,
                  compile_backend: Optional[str] = None):
