@@ -97,13 +97,13 @@ def paper_config():
 
     if hasattr(PRACConfig, "paper"):
         return PRACConfig.paper(), "PRACConfig.paper()"
-    from paper_table import SETTINGS as PAPER_SETTINGS
+    from benchmarks.paper_table import SETTINGS as PAPER_SETTINGS
 
     return PAPER_SETTINGS["prac_paper"](), "paper_table.SETTINGS['prac_paper'] (PRACConfig.paper() absent)"
 
 
 def training_rows(args, device: torch.device, deadline: float) -> Dict:
-    import paper_table
+    from benchmarks import paper_table
     from prac_dist import PRACConfig
 
     paper, paper_source = paper_config()

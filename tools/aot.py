@@ -106,7 +106,8 @@ def triton_kernels() -> set:
     found = set()
     for module in kernel_modules():
         for fn in vars(module).values():
-            if inspect.isfunction(fn) and fn.__module__ == module.__name__ and any(
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__ and not hasattr(
+                    fn, "__prac_device_function__") and any(
                     is_constexpr(p.annotation) for p in inspect.signature(fn).parameters.values()):
                 found.add(fn)
     return found
@@ -223,7 +224,9 @@ def compile_launch(launch: Launch, arch: int) -> Tuple[Optional[int], Optional[i
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    jit_fn = triton.jit(launch.kernel)
+    from prac_dist.kernels.dispatch import with_device_functions
+
+    jit_fn = triton.jit(with_device_functions(launch.kernel))
     signature, constexprs, attrs, options = _signature(jit_fn, launch)
     key = (launch.kernel, tuple(signature.items()), tuple(sorted(constexprs.items())), tuple(sorted(attrs)),
            tuple(sorted(options.items())), arch)

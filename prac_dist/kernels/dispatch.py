@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 from typing import Callable, Dict, Tuple
 
 import torch
 
-__all__ = ["triton_available", "resolve_kernel"]
+__all__ = ["triton_available", "resolve_kernel", "device_function", "jitted", "with_device_functions"]
 
 _KERNELS = ("auto", "triton", "torch")
 
@@ -73,8 +74,27 @@ def jitted(fn: Callable) -> Callable:
 
         if key[1]:
             _check_interpreter()
-        _JITTED[key] = triton.jit(fn)
+        _JITTED[key] = triton.jit(with_device_functions(fn))
     return _JITTED[key]
+
+
+def device_function(fn: Callable) -> Callable:
+    """Mark `fn` as a Triton helper that kernels call. It stays a plain function, like the kernels: each
+    kernel gets it jitted in the kernel's own mode (compiled or interpreted) when the kernel is jitted."""
+    fn.__prac_device_function__ = True
+    return fn
+
+
+def with_device_functions(fn: Callable) -> Callable:
+    """`fn` with every device function it names replaced by that function jitted in the current mode."""
+    helpers = {name: jitted(obj) for name, obj in fn.__globals__.items()
+               if name in fn.__code__.co_names and getattr(obj, "__prac_device_function__", False)}
+    if not helpers:
+        return fn
+    # Same code object, so Triton still reads the source from the kernel's file; only the globals differ.
+    clone = types.FunctionType(fn.__code__, {**fn.__globals__, **helpers}, fn.__name__, fn.__defaults__,
+                               fn.__closure__)
+    return functools.update_wrapper(clone, fn)
 
 
 def _loop_to(x_ptr, n):

@@ -24,7 +24,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .dispatch import interpreting, jitted, resolve_kernel
+from .dispatch import device_function, interpreting, jitted, resolve_kernel
 
 try:  # optional dependency: the PyTorch references below work without it
     import triton
@@ -43,6 +43,23 @@ Seed = Union[None, int, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- Triton kernels
+@device_function
+def dot_tile(x_ptrs, stride_xk, q_ptr, stride_qk, stride_qr, ks, k_mask, row_mask, cols, col_mask, acc,
+             DOT_IN_INPUT_DTYPE: tl.constexpr):
+    """One K step of a Z = X·Q tile, shared by the projection, RMSNorm and SwiGLU kernels: loads the X tile
+    (rows at `x_ptrs`, columns `ks`) and the Q tile, returns (acc + X·Q, the X tile)."""
+    x = tl.load(x_ptrs + ks[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+    q = tl.load(q_ptr + ks[:, None] * stride_qk + cols[None, :] * stride_qr,
+                mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+    # Q arrives already rounded to X's dtype; bf16 x bf16 products are exact in float32
+    # and the accumulation is float32, so both branches compute the same function.
+    if DOT_IN_INPUT_DTYPE:
+        acc = tl.dot(x, q, acc)  # bf16/fp16 tensor cores (GPU)
+    else:
+        acc = tl.dot(x.to(tl.float32), q.to(tl.float32), acc, input_precision="ieee")
+    return acc, x
+
+
 def _project_kernel(
     x_ptr, q_ptr, z_ptr,
     N, n, r,
@@ -60,18 +77,8 @@ def _project_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for k0 in range(0, n, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < n
-        x = tl.load(x_rows + ks[None, :] * stride_xk, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        q = tl.load(
-            q_ptr + ks[:, None] * stride_qk + cols[None, :] * stride_qr,
-            mask=k_mask[:, None] & col_mask[None, :], other=0.0,
-        )
-        # Q arrives already rounded to X's dtype; bf16 x bf16 products are exact in float32
-        # and the accumulation is float32, so both branches compute the same function.
-        if DOT_IN_INPUT_DTYPE:
-            acc = tl.dot(x, q, acc)  # bf16/fp16 tensor cores (GPU)
-        else:
-            acc = tl.dot(x.to(tl.float32), q.to(tl.float32), acc, input_precision="ieee")
+        acc, _ = dot_tile(x_rows, stride_xk, q_ptr, stride_qk, stride_qr, ks, ks < n, row_mask, cols, col_mask,
+                          acc, DOT_IN_INPUT_DTYPE)
     z_ptrs = z_ptr + rows.to(tl.int64)[:, None] * stride_zm + cols[None, :] * stride_zr
     tl.store(z_ptrs, acc.to(z_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
@@ -165,22 +172,32 @@ def _triton_project(x2d: torch.Tensor, q_fwd: torch.Tensor) -> torch.Tensor:
         return z
     if n == 0:
         return z.zero_()
-    # 64x64x32 tiles: 2 x (64x32) input tiles + a 64x64 float32 accumulator per program;
-    # tl.dot needs every tile side >= 16, masks cover odd N, n, r.
-    bm, br, bk = 64, 64, 32
-    grid = (triton.cdiv(N, bm), triton.cdiv(r, br))
+    tiles = tile_settings(x2d.dtype)
+    grid = (triton.cdiv(N, tiles["BLOCK_M"]), triton.cdiv(r, tiles["BLOCK_R"]))
     jitted(_project_kernel)[grid](
         x2d, q_fwd, z, N, n, r,
-        x2d.stride(0), x2d.stride(1), q_fwd.stride(0), q_fwd.stride(1), z.stride(0), z.stride(1),
-        # Triton 3.9's interpreter multiplies bf16 tiles as raw uint16 bits (wrong by 1e10),
-        # so it gets the float32 branch, which computes the same function.
-        DOT_IN_INPUT_DTYPE=x2d.dtype != torch.float32 and not interpreting(),
-        BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk,
-        # float32 tiles at 4 warps spill on sm_80 (255 registers + 8 B at n = 5461); 8 warps: 80, no spill
-        # (python -m tools.aot).
-        num_warps=8 if x2d.dtype == torch.float32 else 4,
+        x2d.stride(0), x2d.stride(1), q_fwd.stride(0), q_fwd.stride(1), z.stride(0), z.stride(1), **tiles,
     )
     return z
+
+
+def tile_settings(dtype: torch.dtype, accumulators: int = 1) -> dict:
+    """Launch settings of the kernels built on `dot_tile` (projection, RMSNorm, SwiGLU).
+
+    64x64x32 tiles: the X and Q tiles plus a 64x64 float32 accumulator per program; tl.dot needs every tile
+    side >= 16, masks cover odd N, n, r. At 4 warps a program sits at the 255-register limit where its tiles
+    are float32 (sm_80: 8 B of spills at n = 5461; sm_90, triton 3.6: 40 B in the RMSNorm kernel) or where it
+    holds two accumulators (SwiGLU's g and u: 64 B at LLaMA-1B in bf16 on sm_90); 8 warps spill nothing.
+    Two float32 accumulators also need BLOCK_K 16 (8-208 B of spills at 32). python -m tools.aot checks all.
+    """
+    wide = dtype == torch.float32
+    return dict(
+        BLOCK_M=64, BLOCK_R=64, BLOCK_K=16 if wide and accumulators > 1 else 32,
+        num_warps=8 if wide or accumulators > 1 else 4,
+        # Triton 3.9's interpreter multiplies bf16 tiles as raw uint16 bits (wrong by 1e10), so it gets the
+        # float32 branch, which computes the same function.
+        DOT_IN_INPUT_DTYPE=not wide and not interpreting(),
+    )
 
 
 def _triton_quantize(z: torch.Tensor, seed: Seed) -> Tuple[torch.Tensor, torch.Tensor]:

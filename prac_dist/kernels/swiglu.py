@@ -15,7 +15,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import interpreting, jitted, resolve_kernel
+from .dispatch import jitted, resolve_kernel
+from .projection import dot_tile, tile_settings
 
 try:  # optional dependency: the PyTorch references below work without it
     import triton
@@ -65,22 +66,15 @@ def _swiglu_project_kernel(
     row_mask = rows < N
     acc_g = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    g_rows = g_ptr + rows[:, None] * stride_x
+    u_rows = u_ptr + rows[:, None] * stride_x
     for k0 in range(0, n, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_mask = ks < n
-        x_mask = row_mask[:, None] & k_mask[None, :]
-        g = tl.load(g_ptr + rows[:, None] * stride_x + ks[None, :], mask=x_mask, other=0.0)
-        u = tl.load(u_ptr + rows[:, None] * stride_x + ks[None, :], mask=x_mask, other=0.0)
-        qg = tl.load(qg_ptr + ks[:, None] * stride_qg + cols[None, :], mask=k_mask[:, None] & (cols < rg)[None, :],
-                     other=0.0)
-        qu = tl.load(qu_ptr + ks[:, None] * stride_qu + cols[None, :], mask=k_mask[:, None] & (cols < ru)[None, :],
-                     other=0.0)
-        if DOT_IN_INPUT_DTYPE:
-            acc_g = tl.dot(g, qg, acc_g)
-            acc_u = tl.dot(u, qu, acc_u)
-        else:
-            acc_g = tl.dot(g.to(tl.float32), qg.to(tl.float32), acc_g, input_precision="ieee")
-            acc_u = tl.dot(u.to(tl.float32), qu.to(tl.float32), acc_u, input_precision="ieee")
+        acc_g, _ = dot_tile(g_rows, 1, qg_ptr, stride_qg, 1, ks, k_mask, row_mask, cols, cols < rg, acc_g,
+                            DOT_IN_INPUT_DTYPE)
+        acc_u, _ = dot_tile(u_rows, 1, qu_ptr, stride_qu, 1, ks, k_mask, row_mask, cols, cols < ru, acc_u,
+                            DOT_IN_INPUT_DTYPE)
     tl.store(zg_ptr + rows[:, None] * stride_zg + cols[None, :], acc_g.to(zg_ptr.dtype.element_ty),
              mask=row_mask[:, None] & (cols < rg)[None, :])
     tl.store(zu_ptr + rows[:, None] * stride_zu + cols[None, :], acc_u.to(zu_ptr.dtype.element_ty),
@@ -120,16 +114,12 @@ def _triton_swiglu_project(g2d, u2d, qg, qu):
     zg = torch.empty((N, rg), dtype=g2d.dtype, device=g2d.device)
     zu = torch.empty((N, ru), dtype=g2d.dtype, device=g2d.device)
     if N:
-        bm, br, bk = 64, 64, 32  # fused_project's tiles; at least one column tile so h is written
-        # Two float32 accumulators plus float32 tiles spill 24-216 B at 4 warps and BLOCK_K 32 (sm_80/90);
-        # 8 warps and BLOCK_K 16 spill nothing (python -m tools.aot).
-        wide = g2d.dtype == torch.float32
-        bk = 16 if wide else bk
-        grid = (triton.cdiv(N, bm), max(1, triton.cdiv(max(rg, ru), br)))
+        tiles = tile_settings(g2d.dtype, accumulators=2)
+        # At least one column tile, so the j = 0 programs that write h exist.
+        grid = (triton.cdiv(N, tiles["BLOCK_M"]), max(1, triton.cdiv(max(rg, ru), tiles["BLOCK_R"])))
         jitted(_swiglu_project_kernel)[grid](
             g2d, u2d, qg, qu, h, zg, zu, N, n, rg, ru, g2d.stride(0), h.stride(0), qg.stride(0), qu.stride(0),
-            zg.stride(0), zu.stride(0), DOT_IN_INPUT_DTYPE=g2d.dtype != torch.float32 and not interpreting(),
-            BLOCK_M=bm, BLOCK_R=br, BLOCK_K=bk, num_warps=8 if wide else 4,
+            zg.stride(0), zu.stride(0), **tiles,
         )
     return h, zg, zu
 
