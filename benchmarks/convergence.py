@@ -161,14 +161,17 @@ def evaluate(model, val: torch.Tensor, batch: int = 64) -> float:
     return total / count
 
 
-def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Optional[Path] = None) -> Dict:
-    """One run; returns its validation curve, final validation loss and wall time."""
+def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Optional[Path] = None,
+              cfg: Optional[PRACConfig] = None) -> Dict:
+    """One run; returns its validation curve, final validation loss and wall time.
+
+    cfg: a PRACConfig to train with instead of the variant's (variant then only names the run)."""
     from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
     train, val = corpus(setup.vocab, setup.seq_len)
     val = val[: setup.eval_sequences]
     model = build_model(setup, seed)
-    cfg = prac_config(variant, setup, seed)
+    cfg = prac_config(variant, setup, seed) if cfg is None else cfg
     if cfg is not None:
         prac_dist.apply_prac(model, cfg)
     warmup = max(1, int(setup.warmup_frac * steps))

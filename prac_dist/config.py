@@ -45,6 +45,9 @@ class PRACConfig:
     """T1 of the norm/SwiGLU/GELU compressors. Their error enters dX, not only dW, and a Q1 from an older
     batch left enough energy in the c-amplified random part to diverge a 128-wide LLaMA (val loss 8.02 vs
     4.71 baseline at T1=500; 4.70 at T1=1, benchmarks/nonlinear_refresh.py). Each refresh also redraws Q2."""
+    nonlinear_principal_schedule: Literal["interval", "early_dense"] = "interval"
+    """When the norm/SwiGLU/GELU compressors recompute Q1: 'interval' every nonlinear_principal_update_interval
+    steps; 'early_dense' also at steps 1, 2, 4, 8, ... below it (the first steps move the activations most)."""
     nonlinear_principal_solver: Literal["exact", "randomized"] = "randomized"
     """Solver of those refreshes: 'randomized' (warm-started subspace iteration, a few matmuls) or 'exact'."""
     target_modules: Optional[Tuple[str, ...]] = None
