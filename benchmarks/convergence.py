@@ -342,6 +342,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--save-model", type=Path,
                    help="save the baseline's long-run weights of the first seed here (for grad_quality.py)")
     p.add_argument("--out", type=Path, default=RESULTS / "convergence.json")
+    p.add_argument("--merge", type=Path, nargs="+", default=[],
+                   help="also keep the runs of these result files (same setup): parallel processes, one file each")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in --out (same setup) and run only the missing (length, variant, seed)")
     p.add_argument("--plot", type=Path, help="PNG path (default: --out with .png)")
@@ -383,6 +385,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     result["command"] = "python -m benchmarks.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = _resumed(args.out, setup) if args.resume and args.out.exists() else {}
+    for other in args.merge:  # runs made in parallel processes, each into its own file
+        for length, block in _resumed(other, setup).items():
+            mine = old.setdefault(length, {"steps": block["steps"], "runs": {}})
+            if mine["steps"] != block["steps"]:
+                raise SystemExit(f"--merge {other}: {length} has {block['steps']} steps, {mine['steps']} here")
+            for variant, rs in block["runs"].items():
+                have = {r["seed"] for r in mine["runs"].get(variant, [])}
+                mine["runs"].setdefault(variant, []).extend(r for r in rs if r["seed"] not in have)
     for length, (steps, variants, seeds) in plan.items():
         if length == "long" and args.long_factor == 1:
             continue

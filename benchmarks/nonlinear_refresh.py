@@ -41,21 +41,22 @@ NEVER = 10 ** 9  # an interval no run reaches
 
 # Schedule -> the PRACConfig.paper() fields it sets (every one also redraws Q2 at each Q1 refresh).
 SCHEDULES: Dict[str, dict] = {
-    "T500 exact (the paper)": dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact"),
+    "T500 exact (the paper)": dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact", nonlinear_principal_schedule="interval"),
     "early-dense T500 exact": dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact",
                                    nonlinear_principal_schedule="early_dense"),
     "early-dense T50 exact": dict(nonlinear_principal_update_interval=50, nonlinear_principal_solver="exact",
                                   nonlinear_principal_schedule="early_dense"),
-    "randomized every 16": dict(nonlinear_principal_update_interval=16, nonlinear_principal_solver="randomized"),
-    "randomized every 4": dict(nonlinear_principal_update_interval=4, nonlinear_principal_solver="randomized"),
-    "randomized every 2": dict(nonlinear_principal_update_interval=2, nonlinear_principal_solver="randomized"),
-    "randomized per step": dict(nonlinear_principal_update_interval=1, nonlinear_principal_solver="randomized"),
-    "exact per step": dict(nonlinear_principal_update_interval=1, nonlinear_principal_solver="exact"),
+    "randomized every 16": dict(nonlinear_principal_update_interval=16, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
+    "randomized every 4": dict(nonlinear_principal_update_interval=4, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
+    "randomized every 2": dict(nonlinear_principal_update_interval=2, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
+    "randomized per step": dict(nonlinear_principal_update_interval=1, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
+    "exact per step": dict(nonlinear_principal_update_interval=1, nonlinear_principal_solver="exact", nonlinear_principal_schedule="interval"),
 }
 
 
 def config(schedule: str, seed: int = 0, **extra) -> PRACConfig:
-    """PRACConfig.paper() with the schedule's nonlinear refresh (fused loss off: it is exact, see convergence)."""
+    """PRACConfig.paper() with the schedule's nonlinear refresh (fused loss off: it is exact, see convergence).
+    Every schedule sets all three nonlinear schedule fields, so the table does not depend on paper()'s own."""
     return PRACConfig.paper(**{**SCHEDULES[schedule], "seed": seed, "fused_loss": False, **extra})
 
 
@@ -121,7 +122,7 @@ def _flops_of(shape, cfg: Optional[PRACConfig], batch: int, seq: int, steps: int
     return out
 
 
-def flops(shape_name: str, shape, batch: int, seq: int, run_steps: List[int]) -> Dict:
+def flops(shape_name: str, shape, batch: int, seq: int, run_steps: List[int], schedules: List[str]) -> Dict:
     """Per schedule: steady decoder FLOPs, one nonlinear refresh, and per-step amortised over runs."""
     base = _flops_of(shape, None, batch, seq, 1)[0]
     steady = _flops_of(shape, config("T500 exact (the paper)", nonlinear_principal_update_interval=NEVER),
@@ -129,7 +130,7 @@ def flops(shape_name: str, shape, batch: int, seq: int, run_steps: List[int]) ->
     linear = _flops_of(shape, config("T500 exact (the paper)", nonlinear_principal_update_interval=NEVER,
                                      principal_update_interval=1, random_update_interval=1), batch, seq, 2)[1] - steady
     rows = {}
-    for name in SCHEDULES:
+    for name in schedules:
         cfg = config(name)
         # Step 2 of a run refreshing the nonlinear bases every step: warm-started where the solver is.
         each = _flops_of(shape, replace(cfg, nonlinear_principal_update_interval=1), batch, seq, 2)[1] - steady
@@ -185,10 +186,11 @@ def main(argv=None) -> int:
         s = Setup()
         # One decoder layer (ratios are per layer); a 512-token vocabulary keeps the head (not counted) cheap.
         tiny = replace(PRESETS["llama_130m"], hidden=s.hidden, layers=1, heads=s.heads, ffn=s.ffn, vocab=512)
+        runs = [300, 1000, 10_000]
         result["flops"] = {
-            "training shape (64 wide)": flops("training shape", tiny, s.batch, s.seq_len, [300, 1000, 10_000]),
+            "training shape (64 wide)": flops("training shape", tiny, s.batch, s.seq_len, runs, args.schedules),
             "LLaMA-130M layer": flops("llama_130m", replace(PRESETS["llama_130m"], layers=1, vocab=512), 8, 256,
-                                      [300, 1000, 10_000])}
+                                      runs, args.schedules)}
         write_result(args.out, "nonlinear_refresh", result, torch_threads=1)
     result["seconds"] = time.perf_counter() - t0
     print(f"wrote {args.out} ({result['seconds']:.0f} s)")
