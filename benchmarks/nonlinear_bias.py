@@ -16,7 +16,8 @@ held-out batch is pushed through it --draws times per setting; each draw redraws
 
 and for each, against the exact gradient g of the uncompressed model:
 
-    bias   = ‖mean_k g~_k - g‖ / ‖g‖,   se = sqrt(Σ_k ‖g~_k - mean‖² / (K (K - 1))) / ‖g‖ (its Monte-Carlo floor)
+    bias   = ‖mean_k g~_k - g‖ / ‖g‖
+    se     = sqrt(Σ_k ‖g~_k - mean‖² / (K (K - 1))) / ‖g‖   (the Monte-Carlo floor of bias)
     noise  = sqrt(Σ_k ‖g~_k - mean‖² / (K - 1)) / ‖g‖   (one draw's deviation: the noise a step sees)
     bias_excess = sqrt(max(0, bias² - se²))             (bias with the Monte-Carlo floor removed)
 

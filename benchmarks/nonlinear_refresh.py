@@ -41,16 +41,18 @@ NEVER = 10 ** 9  # an interval no run reaches
 
 # Schedule -> the PRACConfig.paper() fields it sets (every one also redraws Q2 at each Q1 refresh).
 SCHEDULES: Dict[str, dict] = {
-    "T500 exact (the paper)": dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact", nonlinear_principal_schedule="interval"),
-    "early-dense T500 exact": dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact",
-                                   nonlinear_principal_schedule="early_dense"),
-    "early-dense T50 exact": dict(nonlinear_principal_update_interval=50, nonlinear_principal_solver="exact",
-                                  nonlinear_principal_schedule="early_dense"),
-    "randomized every 16": dict(nonlinear_principal_update_interval=16, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
-    "randomized every 4": dict(nonlinear_principal_update_interval=4, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
-    "randomized every 2": dict(nonlinear_principal_update_interval=2, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
-    "randomized per step": dict(nonlinear_principal_update_interval=1, nonlinear_principal_solver="randomized", nonlinear_principal_schedule="interval"),
-    "exact per step": dict(nonlinear_principal_update_interval=1, nonlinear_principal_solver="exact", nonlinear_principal_schedule="interval"),
+    name: dict(nonlinear_principal_update_interval=t1, nonlinear_principal_solver=solver,
+               nonlinear_principal_schedule=schedule)
+    for name, t1, solver, schedule in [
+        ("T500 exact (the paper)", 500, "exact", "interval"),
+        ("early-dense T500 exact", 500, "exact", "early_dense"),
+        ("early-dense T50 exact", 50, "exact", "early_dense"),
+        ("randomized every 16", 16, "randomized", "interval"),
+        ("randomized every 4", 4, "randomized", "interval"),
+        ("randomized every 2", 2, "randomized", "interval"),
+        ("randomized per step", 1, "randomized", "interval"),
+        ("exact per step", 1, "exact", "interval"),
+    ]
 }
 
 
@@ -153,19 +155,25 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--shapes", nargs="+", default=["training shape (64 wide)", "LLaMA-130M layer"],
+                    choices=["training shape (64 wide)", "LLaMA-130M layer"], help="--part flops: which shapes")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--merge", type=Path, nargs="+", default=[],
-                    help="add the quality runs of these result files (runs made in parallel) before running")
+                    help="add the quality runs and FLOP counts of these result files (made in parallel) first")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    result = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result.pop("benchmark", None), result.pop("environment", None)
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result = {k: old[k] for k in ("quality", "flops") if k in old}  # what this script measured there
     result["schedules"] = SCHEDULES
     for other in args.merge:
-        theirs = json.loads(other.read_text())["quality"]
+        theirs = json.loads(other.read_text())
+        result.setdefault("flops", {}).update(theirs.get("flops", {}))
+        theirs = theirs.get("quality")
+        if theirs is None:
+            continue
         mine = result.setdefault("quality", {"steps": theirs["steps"], "setup": theirs["setup"], "runs": {}})
         if mine["steps"] != theirs["steps"]:
             raise SystemExit(f"--merge {other}: {theirs['steps']} steps, {args.out} has {mine['steps']}")
@@ -187,10 +195,12 @@ def main(argv=None) -> int:
         # One decoder layer (ratios are per layer); a 512-token vocabulary keeps the head (not counted) cheap.
         tiny = replace(PRESETS["llama_130m"], hidden=s.hidden, layers=1, heads=s.heads, ffn=s.ffn, vocab=512)
         runs = [300, 1000, 10_000]
-        result["flops"] = {
-            "training shape (64 wide)": flops("training shape", tiny, s.batch, s.seq_len, runs, args.schedules),
-            "LLaMA-130M layer": flops("llama_130m", replace(PRESETS["llama_130m"], layers=1, vocab=512), 8, 256,
-                                      runs, args.schedules)}
+        shapes = {"training shape (64 wide)": (tiny, s.batch, s.seq_len),
+                  "LLaMA-130M layer": (replace(PRESETS["llama_130m"], layers=1, vocab=512), 8, 256)}
+        result.setdefault("flops", {})
+        for name in args.shapes:
+            shape, batch, seq = shapes[name]
+            result["flops"][name] = flops(name, shape, batch, seq, runs, args.schedules)
         write_result(args.out, "nonlinear_refresh", result, torch_threads=1)
     result["seconds"] = time.perf_counter() - t0
     print(f"wrote {args.out} ({result['seconds']:.0f} s)")
