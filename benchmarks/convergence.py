@@ -218,6 +218,19 @@ def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Opti
             "final_train_loss": statistics.fmean(train_losses[-max(1, steps // 20):]), "wall_s": wall}
 
 
+def trained_baseline(setup: Setup, seed: int, steps: int):
+    """(model, run record): the baseline trained `steps` steps by train_run, as a fresh model holding the
+    trained weights (what grad_quality and nonlinear_bias measure on)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        run = train_run(setup, "baseline", seed, steps, model_out=path)
+        model = build_model(setup, seed)
+        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    return model, run
+
+
 # ---- summary --------------------------------------------------------------------------------------
 
 def _stats(values: Sequence[float]) -> Dict[str, float]:

@@ -42,7 +42,7 @@ import prac_dist
 from prac_dist import PRACConfig
 
 from benchmarks._bench_env import write_result  # noqa: E402
-from benchmarks.convergence import RESULTS, Setup, build_model, corpus, train_run  # noqa: E402
+from benchmarks.convergence import RESULTS, Setup, corpus, trained_baseline  # noqa: E402
 
 NEVER = 10 ** 9
 # Q1 fixed from this batch (as after a refresh), every random part redrawn at each draw.
@@ -97,7 +97,6 @@ def measure(model, ids, cfg: PRACConfig, draws: int, exact: Dict[str, torch.Tens
     prac_dist.apply_prac(model, cfg)
     try:
         total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in exact.items()}
-        square = {k: 0.0 for k in exact}
         samples: List[Dict[str, torch.Tensor]] = []
         for _ in range(draws):
             g = _one_pass(model, ids)
@@ -148,11 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     hf_logging.set_verbosity_error()
     t0 = time.perf_counter()
     setup = Setup()
-    path = Path("/tmp") / f"nonlinear_bias_model_{args.seed}.pt"
-    run = train_run(setup, "baseline", args.seed, args.train_steps, model_out=path)
-    model = build_model(setup, args.seed)
-    model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-    path.unlink()
+    model, run = trained_baseline(setup, args.seed, args.train_steps)
     model.train()
     _, val = corpus(setup.vocab, setup.seq_len)
     ids = val[-args.batch:]  # held-out text the model was never evaluated or trained on
