@@ -52,11 +52,13 @@ VARIANTS: Dict[str, Optional[Tuple[float, float]]] = {
     "principal_only": (0.6, 0.0),
     "random_only": (0.0, 0.6),
     "defaults": (0.3, 0.3),  # PRACConfig(): linear_storage='auto', nonlinear int8, 8-bit Z
-    "paper": (0.3, 0.3),  # PRACConfig.paper(): everything projected, nonlinear refreshed at T1 too, 16-bit
+    "paper": (0.3, 0.3),  # PRACConfig.paper(): everything projected at 16 bits, its own nonlinear schedule
+    "lean": (0.3, 0.3),  # PRACConfig.lean(): linear_storage='auto', norm/SwiGLU inputs exact
 }
 # The four original variants keep every input projected at 16 bits (the estimators they compare);
-# "defaults" and "paper" are the presets as users get them, at this benchmark's refresh interval.
-PRESETS = ("defaults", "paper")
+# "defaults", "paper" and "lean" are the presets as users get them, with the linear layers' T1 = T2 set
+# to this benchmark's refresh interval (paper() keeps its own nonlinear schedule).
+PRESETS = ("defaults", "paper", "lean")
 NONLINEAR = (0.2, 0.2)  # the paper's nonlinear setting, the same for every compressed variant
 COMPRESS_NONLINEAR = [True]  # --no-compress-nonlinear: linear layers only (isolates the linear estimators)
 
@@ -139,7 +141,9 @@ def prac_config(variant: str, setup: Setup, seed: int) -> Optional[PRACConfig]:
     if variant == "defaults":
         return PRACConfig(**schedule)
     if variant == "paper":
-        return PRACConfig.paper(nonlinear_principal_update_interval=setup.refresh_interval, **schedule)
+        return PRACConfig.paper(**schedule)
+    if variant == "lean":
+        return PRACConfig.lean(**{**schedule, "compress_nonlinear": False})
     return PRACConfig(principal_ratio=ratios[0], random_ratio=ratios[1],
                       nonlinear_principal_ratio=NONLINEAR[0], nonlinear_random_ratio=NONLINEAR[1],
                       linear_storage="project", nonlinear_storage="project", storage_bits=16, **schedule)
@@ -157,14 +161,17 @@ def evaluate(model, val: torch.Tensor, batch: int = 64) -> float:
     return total / count
 
 
-def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Optional[Path] = None) -> Dict:
-    """One run; returns its validation curve, final validation loss and wall time."""
+def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Optional[Path] = None,
+              cfg: Optional[PRACConfig] = None) -> Dict:
+    """One run; returns its validation curve, final validation loss and wall time.
+
+    cfg: a PRACConfig to train with instead of the variant's (variant then only names the run)."""
     from prac_dist.train.optim import OptimizerSpec, build_adamw, warmup_cosine
 
     train, val = corpus(setup.vocab, setup.seq_len)
     val = val[: setup.eval_sequences]
     model = build_model(setup, seed)
-    cfg = prac_config(variant, setup, seed)
+    cfg = prac_config(variant, setup, seed) if cfg is None else cfg
     if cfg is not None:
         prac_dist.apply_prac(model, cfg)
     warmup = max(1, int(setup.warmup_frac * steps))
@@ -211,11 +218,37 @@ def train_run(setup: Setup, variant: str, seed: int, steps: int, model_out: Opti
             "final_train_loss": statistics.fmean(train_losses[-max(1, steps // 20):]), "wall_s": wall}
 
 
+def trained_baseline(setup: Setup, seed: int, steps: int):
+    """(model, run record): the baseline trained `steps` steps by train_run, as a fresh model holding the
+    trained weights (what grad_quality and nonlinear_bias measure on)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.pt"
+        run = train_run(setup, "baseline", seed, steps, model_out=path)
+        model = build_model(setup, seed)
+        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    return model, run
+
+
 # ---- summary --------------------------------------------------------------------------------------
 
 def _stats(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values)}
+
+
+def _gap_curve(rs: List[Dict], base_runs: List[Dict]) -> Dict:
+    """Relative gap of the seed-mean validation curves to the baseline's at each evaluation, and its change
+    over the second half of the run (positive = the gap grows)."""
+    seeds = {r["seed"] for r in rs} & {r["seed"] for r in base_runs}
+    if not seeds:
+        return {}
+    mean = lambda runs: torch.tensor([r["val_curve"] for r in runs if r["seed"] in seeds]).double().mean(0)
+    gap = (mean(rs) / mean(base_runs) - 1).tolist()
+    steps = rs[0]["curve_steps"]
+    mid = min(range(len(steps)), key=lambda i: abs(steps[i] - steps[-1] / 2))
+    return {"gap_curve": gap, "gap_at_half": gap[mid], "gap_change_second_half": gap[-1] - gap[mid]}
 
 
 def summarize(runs: Dict[str, List[Dict]]) -> Dict:
@@ -232,6 +265,7 @@ def summarize(runs: Dict[str, List[Dict]]) -> Dict:
             diffs = [r["final_val_loss"] - base[r["seed"]] for r in rs if r["seed"] in base]
             if diffs:
                 entry["paired_diff_vs_baseline"] = _stats(diffs)
+            entry.update(_gap_curve(rs, runs["baseline"]))
         out[variant] = entry
     order = sorted((v for v in out), key=lambda v: out[v]["mean"])
     return {"variants": out, "ranking_by_mean": order}
@@ -257,7 +291,8 @@ def plot(result: Dict, path: Path) -> None:
 
     lengths = list(result["lengths"])
     fig, axes = plt.subplots(1, len(lengths), figsize=(6 * len(lengths), 4.2), squeeze=False)
-    colors = {"baseline": "black", "prac": "tab:blue", "principal_only": "tab:orange", "random_only": "tab:green"}
+    colors = {"baseline": "black", "prac": "tab:blue", "principal_only": "tab:orange", "random_only": "tab:green",
+              "defaults": "tab:blue", "paper": "tab:red", "lean": "tab:purple"}
     for ax, length in zip(axes[0], lengths):
         block = result["lengths"][length]
         for variant, runs in block["runs"].items():
@@ -283,7 +318,25 @@ def plot(result: Dict, path: Path) -> None:
 
 # ---- command line ---------------------------------------------------------------------------------
 
-_CLI_FIELDS = ("hidden", "layers", "heads", "ffn", "vocab", "seq_len", "batch", "refresh_interval", "eval_sequences")
+_CLI_FIELDS = ("hidden", "layers", "heads", "ffn", "vocab", "seq_len", "batch", "refresh_interval", "eval_sequences",
+               "evals_per_run")
+
+
+def _resumed(path: Path, setup: "Setup") -> Dict:
+    """The runs already in `path` (a result of this benchmark with the same setup), by length."""
+    old = json.loads(path.read_text())
+    if old.get("setup") != asdict(setup):
+        raise SystemExit(f"--resume {path}: its setup {old.get('setup')} differs from this run's {asdict(setup)}")
+    return {length: block for length, block in old.get("lengths", {}).items()}
+
+
+def _record(result: Dict, length: str, steps: int, runs: Dict[str, List[Dict]], out: Path, t_start: float) -> None:
+    done = {v: rs for v, rs in runs.items() if rs}
+    if done:
+        result["lengths"][length] = {"steps": steps, "runs": done, "summary": summarize(done)}
+    result["wall_s"] = time.perf_counter() - t_start
+    out.write_text(json.dumps(result, indent=1))
+
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -302,6 +355,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--save-model", type=Path,
                    help="save the baseline's long-run weights of the first seed here (for grad_quality.py)")
     p.add_argument("--out", type=Path, default=RESULTS / "convergence.json")
+    p.add_argument("--merge", type=Path, nargs="+", default=[],
+                   help="also keep the runs of these result files (same setup): parallel processes, one file each")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --out (same setup) and run only the missing (length, variant, seed)")
     p.add_argument("--plot", type=Path, help="PNG path (default: --out with .png)")
     for f in Setup.__dataclass_fields__.values():
         if f.name in _CLI_FIELDS:
@@ -338,23 +395,34 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "validation_sequences_used": min(setup.eval_sequences, val.shape[0]),
                        "unk_share_train": unk},
               "environment": environment(), "lengths": {}}
+    result["command"] = "python -m benchmarks.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = _resumed(args.out, setup) if args.resume and args.out.exists() else {}
+    for other in args.merge:  # runs made in parallel processes, each into its own file
+        for length, block in _resumed(other, setup).items():
+            mine = old.setdefault(length, {"steps": block["steps"], "runs": {}})
+            if mine["steps"] != block["steps"]:
+                raise SystemExit(f"--merge {other}: {length} has {block['steps']} steps, {mine['steps']} here")
+            for variant, rs in block["runs"].items():
+                have = {r["seed"] for r in mine["runs"].get(variant, [])}
+                mine["runs"].setdefault(variant, []).extend(r for r in rs if r["seed"] not in have)
     for length, (steps, variants, seeds) in plan.items():
         if length == "long" and args.long_factor == 1:
             continue
-        runs: Dict[str, List[Dict]] = {v: [] for v in variants}
+        kept = old.get(length, {}).get("runs", {}) if old.get(length, {}).get("steps") == steps else {}
+        runs: Dict[str, List[Dict]] = {v: list(kept.get(v, [])) for v in {**kept, **dict.fromkeys(variants)}}
         for seed in seeds:
             for variant in variants:
+                if any(r["seed"] == seed for r in runs[variant]):
+                    continue
                 save = (args.save_model if args.save_model and length == "long" and variant == "baseline"
                         and seed == seeds[0] else None)
                 r = train_run(setup, variant, seed, steps, model_out=save)
                 runs[variant].append(r)
                 print(f"[{length}] {variant:<15} seed {seed}: val {r['final_val_loss']:.4f}  "
                       f"({r['wall_s']:.0f} s)", file=sys.stderr)
-                done = {v: rs for v, rs in runs.items() if rs}
-                result["lengths"][length] = {"steps": steps, "runs": done, "summary": summarize(done)}
-                result["wall_s"] = time.perf_counter() - t_start
-                args.out.write_text(json.dumps(result, indent=1))  # after each run: an interrupted one keeps its data
+                _record(result, length, steps, runs, args.out, t_start)  # an interrupted run keeps its data
+        _record(result, length, steps, runs, args.out, t_start)
     for length, block in result["lengths"].items():
         print_table(length, block["steps"], block["summary"])
     png = args.plot or args.out.with_suffix(".png")

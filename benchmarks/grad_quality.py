@@ -43,7 +43,7 @@ from typing import Dict, List, Optional
 import torch
 
 from benchmarks._bench_env import environment  # noqa: E402
-from benchmarks.convergence import RESULTS, Setup, build_model, corpus, train_run  # noqa: E402
+from benchmarks.convergence import RESULTS, Setup, build_model, corpus, trained_baseline  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
@@ -186,11 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         trained = {"checkpoint": str(args.checkpoint), "steps": steps}
     else:
         setup = Setup()
-        path = Path("/tmp") / f"grad_quality_model_{args.seed}.pt"
-        run = train_run(setup, "baseline", args.seed, args.train_steps, model_out=path)
-        model = build_model(setup, args.seed)
-        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-        path.unlink()
+        model, run = trained_baseline(setup, args.seed, args.train_steps)
         trained = {"steps": args.train_steps, "final_val_loss": run["final_val_loss"], "train_wall_s": run["wall_s"]}
     t_train = time.perf_counter() - t0
     _, val = corpus(setup.vocab, setup.seq_len)

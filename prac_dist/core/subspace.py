@@ -37,8 +37,12 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from prac_dist.kernels.projection import gaussian_noise, rounding_key
+from prac_dist.kernels.subspace import finite_scaled, principal_basis, spectrum, top_basis
 
-__all__ = ["Compressor"]
+__all__ = ["Compressor", "SCHEDULES"]
+
+# When a Compressor recomputes Q1 (Compressor.principal_scheduled).
+SCHEDULES = ("interval", "early_dense")
 
 # The attribute of a linear's input tensor that carries (compressor epoch, stored form) for its siblings.
 _STORED_ATTR = "_prac_stored"
@@ -47,30 +51,6 @@ _STORED_ATTR = "_prac_stored"
 def _seed(*parts) -> int:
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-@torch.no_grad()
-def finite_scaled(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(X / max|X| in float32 with non-finite entries zeroed, whether X was all finite): device tensors.
-
-    Bases and energy shares do not depend on X's scale; the scaling keeps the Gram's entries <= N
-    (activations of 1e38 square to inf in float32) and the zeroing keeps eigh from failing to converge.
-    """
-    x = x2d.float()
-    ok = torch.isfinite(x).all()
-    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    amax = x.abs().amax()
-    return x / torch.where(amax > 0, amax, torch.ones_like(amax)), ok
-
-
-@torch.no_grad()
-def spectrum(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (descending, >= 0) and eigenvectors of XᵀX in float32, X as `finite_scaled` gives it."""
-    x, _ = finite_scaled(x2d)
-    gram = x.t() @ x  # n x n: N·n² flops, far cheaper than an SVD of the N x n matrix
-    # (On CUDA torch checks eigh's convergence flag on the host: the one sync left, on refresh steps only.)
-    evals, evecs = torch.linalg.eigh(gram)
-    return evals.flip(0).clamp_min(0), evecs.flip(-1)
 
 
 def choose_r1(evals: torch.Tensor, budget: int, policy: str, energy: float) -> int:
@@ -147,24 +127,6 @@ def allocate_budgets(curves: Dict[str, torch.Tensor], total: int) -> Dict[str, i
 
 
 @torch.no_grad()
-def principal_basis(x2d: torch.Tensor, r1: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Top-r1 right singular vectors of x2d (float32) and the share of ‖X‖²_F they capture (0-dim tensor)."""
-    evals, evecs = spectrum(x2d)
-    return _top(evals, evecs, r1, x2d)
-
-
-def _top(evals: torch.Tensor, evecs: torch.Tensor, r1: int, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    total = evals.sum()
-    if r1 == 0:
-        return x2d.new_zeros(x2d.shape[1], 0, dtype=torch.float32), total.new_zeros(())
-    # float32 eigh leaves its eigenvectors orthogonal only to ~1e-5; one QR (cheap, n x r1) brings
-    # [Q1 | Q2] back to ~1e-7, which is what makes full rank reproduce the exact gradient.
-    top, _ = torch.linalg.qr(evecs[:, :r1])
-    captured = evals[:r1].sum()
-    return top, torch.where(total > 0, captured / torch.where(total > 0, total, 1.0), torch.ones_like(total))
-
-
-@torch.no_grad()
 def random_complement_basis(q1: torch.Tensor, n: int, r2: int, key: torch.Tensor) -> torch.Tensor:
     """Orthonormal n x r2 basis of a uniformly random r2-dim subspace of range(Q1)⊥ (key: int64 [2])."""
     s = gaussian_noise(key.to(q1.device), n, r2)
@@ -185,14 +147,16 @@ class Compressor:
     def __init__(self, name: str, n: int, r1: int, r2: int, *, seed: int, per_rank_random: bool,
                  storage_bits: int = 16, solver: str = "exact", kernel: str = "auto",
                  adaptive: str = "off", adaptive_energy: float = 0.9, t1: int = 500, t2: int = 500,
-                 storage: str = "project"):
+                 storage: str = "project", schedule: str = "interval"):
         if storage not in ("project", "int8"):
             raise ValueError(f"{name}: storage={storage!r}: accepted is 'project' or 'int8'")
         if storage == "project" and (r1 + r2 == 0 or r1 + r2 > n):
             raise ValueError(f"{name}: r1={r1}, r2={r2} for width n={n}: accepted is 0 < r1 + r2 <= n")
         if storage == "int8" and adaptive != "off":
             raise ValueError(f"{name}: adaptive={adaptive!r} needs a basis; storage='int8' has none")
-        self.storage = storage
+        if schedule not in SCHEDULES:
+            raise ValueError(f"{name}: schedule={schedule!r}: accepted is one of {SCHEDULES}")
+        self.storage, self.schedule = storage, schedule
         self.name, self.n, self.r1, self.r2 = name, n, r1, r2
         self.budget, self.adaptive, self.adaptive_energy = r1 + r2, adaptive, adaptive_energy
         self.t1, self.t2 = t1, t2
@@ -240,9 +204,19 @@ class Compressor:
         # metadata, not its identity, so renewing it compiles nothing.
         self._epoch = torch.empty(0)
 
+    def principal_scheduled(self, step: int) -> bool:
+        """Whether the schedule recomputes Q1 before optimizer step `step` + 1 (steps count from 1).
+
+        'interval': every T1 steps. 'early_dense': also at steps 1, 2, 4, 8, ... below T1, when the
+        weights, and so the activations' principal subspace, move fastest (log2(T1) extra refreshes).
+        """
+        if step % self.t1 == 0:
+            return True
+        return self.schedule == "early_dense" and step < self.t1 and step & (step - 1) == 0
+
     def mark(self, step: int) -> None:
         self._renew_epoch()
-        if step % self.t1 == 0:
+        if self.principal_scheduled(step):
             self.principal_due = True
         if step % self.t2 == 0:
             self.random_due = True
@@ -318,7 +292,7 @@ class Compressor:
         policy = "min_variance" if self.adaptive == "global" else self.adaptive
         self.r1 = choose_r1(evals, self.budget, policy, self.adaptive_energy)
         self.r2 = self.budget - self.r1
-        return _top(evals, evecs, self.r1, x2d)
+        return top_basis(evals, evecs, self.r1)
 
     # ---- projection -------------------------------------------------------------------------
     def q_fwd(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -9,13 +9,14 @@ Every entry point takes `kernel="auto" | "triton" | "torch"` and dispatches thro
   norm and activation ops that save only their inputs (and rstd).
 - `rmsnorm_project_forward`, `swiglu_project_forward`: the norm / SwiGLU with their inputs' PRAC
   projections fused in (inputs read once).
-- `randomized_principal_basis` / `captured_energy`: the fast principal-subspace refresh.
+- `principal_basis` / `randomized_principal_basis` / `captured_energy`: the exact and the fast
+  principal-subspace refresh, and the share of ‖X‖² a basis captures.
 """
 
 from .dispatch import resolve_kernel, triton_available
 from .projection import dequantize, fused_project, quantize
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward, rmsnorm_project_forward
-from .subspace import captured_energy, randomized_principal_basis
+from .subspace import captured_energy, principal_basis, randomized_principal_basis
 from .swiglu import swiglu_backward, swiglu_forward, swiglu_project_forward
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "swiglu_backward",
     "swiglu_project_forward",
     "randomized_principal_basis",
+    "principal_basis",
     "captured_energy",
     "triton_available",
     "resolve_kernel",

@@ -11,19 +11,20 @@ cuSOLVER's syevd for n = 2048 is a long sequential kernel chain). Here:
 Every step is a matmul or a thin QR, so it runs near GEMM speed on any device.
 Activation spectra decay fast and Q1 drifts slowly between refreshes (T1 = 500
 optimizer steps), so a warm start needs few iterations; the captured energy is
-checked against the exact eigenvectors in tests/kernels and
-benchmarks/subspace_refresh.py. Matmul-bound, so PyTorch only: no Triton kernel.
+checked against the exact refresh production runs (`principal_basis`, here too) in tests/kernels
+and benchmarks/subspace_refresh.py. Matmul-bound, so PyTorch only: no Triton kernel.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from .projection import gaussian_noise, rounding_key_of
 
-__all__ = ["randomized_principal_basis", "captured_energy"]
+__all__ = ["randomized_principal_basis", "principal_basis", "captured_energy", "spectrum", "finite_scaled",
+           "top_basis", "energy_share"]
 
 
 @torch.no_grad()
@@ -60,11 +61,45 @@ def randomized_principal_basis(
 
 
 @torch.no_grad()
-def exact_principal_basis(x2d: torch.Tensor, r: int) -> torch.Tensor:
-    """Top-r eigenvectors of XᵀX in float32 (the reference the randomized refresh is held to)."""
+def finite_scaled(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(X / max|X| in float32 with non-finite entries zeroed, whether X was all finite): device tensors.
+
+    Bases and energy shares do not depend on X's scale; the scaling keeps the Gram's entries <= N
+    (activations of 1e38 square to inf in float32) and the zeroing keeps eigh from failing to converge.
+    """
     x = x2d.float()
-    _, evecs = torch.linalg.eigh(x.t() @ x)
-    return evecs[:, x.shape[1] - r:].flip(-1).contiguous()
+    ok = torch.isfinite(x).all()
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    amax = x.abs().amax()
+    return x / torch.where(amax > 0, amax, torch.ones_like(amax)), ok
+
+
+@torch.no_grad()
+def spectrum(x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (descending, >= 0) and eigenvectors of XᵀX in float32, X as `finite_scaled` gives it."""
+    x, _ = finite_scaled(x2d)
+    gram = x.t() @ x  # n x n: N·n² flops, far cheaper than an SVD of the N x n matrix
+    # (On CUDA torch checks eigh's convergence flag on the host: the one sync left, on refresh steps only.)
+    evals, evecs = torch.linalg.eigh(gram)
+    return evals.flip(0).clamp_min(0), evecs.flip(-1)
+
+
+@torch.no_grad()
+def principal_basis(x2d: torch.Tensor, r: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The exact refresh: top-r right singular vectors of x2d as a float32 [n, r] orthonormal basis, and the
+    share of ‖X‖²_F they capture (0-dim tensor). The reference the randomized refresh is held to."""
+    evals, evecs = spectrum(x2d)
+    return top_basis(evals, evecs, r)
+
+
+def top_basis(evals: torch.Tensor, evecs: torch.Tensor, r: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(Q1, captured share) from a `spectrum`: its top-r eigenvectors, re-orthonormalised."""
+    if r == 0:
+        return evecs.new_zeros(evecs.shape[0], 0), evals.new_zeros(())
+    # float32 eigh leaves its eigenvectors orthogonal only to ~1e-5; one QR (cheap, n x r) brings
+    # [Q1 | Q2] back to ~1e-7, which is what makes full rank reproduce the exact gradient.
+    top, _ = torch.linalg.qr(evecs[:, :r])
+    return top, energy_share(evals[:r].sum(), evals.sum())
 
 
 @torch.no_grad()
@@ -74,8 +109,11 @@ def captured_energy(x2d: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     It stays on X's device: the training loop reads it only when someone asks (no host sync).
     """
     x = x2d.float()
-    total = x.pow(2).sum()
-    captured = (x @ q.float()).pow(2).sum()
+    return energy_share((x @ q.float()).pow(2).sum(), x.pow(2).sum())
+
+
+def energy_share(captured: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """captured / total, 1.0 where total is 0 (an all-zero X loses nothing), without a host read."""
     return torch.where(total > 0, captured / torch.where(total > 0, total, 1.0), torch.ones_like(total))
 
 

@@ -79,11 +79,13 @@ def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool, m: Opti
         )
     if nonlinear:  # see PRACConfig.nonlinear_principal_update_interval for why these differ
         solver, t1, adaptive = cfg.nonlinear_principal_solver, cfg.nonlinear_principal_update_interval, "off"
+        schedule = cfg.nonlinear_principal_schedule
     else:
         solver, t1, adaptive = cfg.principal_solver, cfg.principal_update_interval, cfg.adaptive_rank
+        schedule = "interval"
     return Compressor(name, n, r1, r2, seed=cfg.seed, per_rank_random=cfg.per_rank_random,
                       storage_bits=cfg.storage_bits, solver=solver, kernel=cfg.kernel, adaptive=adaptive,
-                      adaptive_energy=cfg.adaptive_energy, t1=t1, t2=cfg.random_update_interval)
+                      adaptive_energy=cfg.adaptive_energy, t1=t1, t2=cfg.random_update_interval, schedule=schedule)
 
 
 def _swap(state: PRACState, parent: nn.Module, attr: str, new: nn.Module) -> None:

@@ -44,7 +44,7 @@ def test_predicted_step_flops_within_5_percent_of_counted(name):
 
 def test_prac_presets_as_the_planner_labels_them():
     assert PAIRS["PRACConfig()"].prac_config_dict()["storage_bits"] == compute.PRACConfig().storage_bits
-    paper = compute.PRACConfig.paper()
+    paper = compute.settings()["PRAC paper"]["prac"]  # paper() at the paper's own T1 = 500 schedule
     cfg = PAIRS["PRAC paper"].prac_config_dict()
     for key in ("linear_storage", "nonlinear_storage", "storage_bits", "nonlinear_principal_update_interval"):
         assert cfg[key] == getattr(paper, key), key
