@@ -159,9 +159,9 @@ def torchtitan_spec(name: str, layers: int = 2, converters=None):
     return spec
 
 
-def build_torchtitan(name: str, converters=None, seed: int = 0):
+def build_torchtitan(name: str, seed: int = 0):
     """The model of torchtitan_spec built on CPU and initialised by torchtitan (init_states)."""
-    spec = torchtitan_spec(name, converters=converters)
+    spec = torchtitan_spec(name)
     torch.manual_seed(seed)
     model = spec.model.build()
     model.init_states(buffer_device=None)

@@ -10,8 +10,9 @@
     attach_prac(model, optimizers, checkpointer)  # schedule per optimizer step; state in its checkpoint
 
 torchtitan converters rewrite the model config tree before anything is built; this one wraps the
-root config so that its build() returns the model with apply_prac applied (structural discovery: one
-probe forward on `tokens`), before torchtitan's parallelize function sees it. The PRAC settings are
+root config so that its build() returns the model initialised (init_states) with apply_prac applied
+(structural discovery: one probe forward on tokens, positions and the attention masks its blocks
+need), before torchtitan's parallelize function sees it. The PRAC settings are
 a PRACConfig field of the converter's config, so they sit in torchtitan's own job config.
 
 Discovery needs real weights: the model must be built on a real device. torchtitan's Trainer builds
@@ -20,6 +21,8 @@ on the meta device, so there the build stops with a ConfigError saying so.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 from dataclasses import dataclass, field
 from typing import Dict
 
@@ -54,9 +57,8 @@ class PRACConverter(ModelConfigConverter):
 
     def convert(self, model_config):
         cls = _with_prac_class(type(model_config))
-        fields = {name: getattr(model_config, name) for name in model_config.__dataclass_fields__
-                  if model_config.__dataclass_fields__[name].init and name != "prac"}
-        return cls(**fields, prac=self.config.prac)
+        values = {f.name: getattr(model_config, f.name) for f in dataclasses.fields(model_config) if f.init}
+        return cls(**values, prac=self.config.prac)
 
 
 def _with_prac_class(base: type) -> type:
@@ -91,32 +93,46 @@ def _apply(model: nn.Module, prac: PRACConfig) -> None:
     init = getattr(model, "init_states", None)
     if callable(init):  # torchtitan models build with unset weights: the probe must see real numbers
         init(buffer_device=None)
-    apply_prac(model, prac)
+    apply_prac(model, prac, example_inputs=_probe(model, param.device))
+
+
+def _probe(model: nn.Module, device: torch.device) -> dict:
+    """forward(tokens, positions, attention_masks) of one 2 x 16 batch: FlexAttention and varlen blocks
+    need the masks torchtitan's dataloader path makes (get_attention_masks); SDPA blocks take none."""
+    emb = next(m for m in model.modules() if isinstance(m, nn.Embedding))
+    tokens = torch.randint(0, emb.num_embeddings, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    positions = torch.arange(16, device=device).expand(2, 16)
+    get_masks = getattr(model, "get_attention_masks", None)
+    try:
+        masks = get_masks(positions) if callable(get_masks) else None
+    except TypeError:  # "Only VarlenAttention and FlexAttention support attention masks"
+        masks = None
+    return {"tokens": tokens, "positions": positions, "attention_masks": masks}
 
 
 class PRACCheckpointState(Stateful):
     """This rank's PRAC state (bases, counters) as a torchtitan checkpoint entry.
 
-    DCP keeps one copy of an entry every rank writes under the same key; each rank's bases come from
-    its own data, so the entry is keyed by rank.
+    DCP keeps one copy of an entry every rank writes under the same key, and plans a load from the
+    entries' types before any is read (a fresh model has no bases yet); each rank's bases come from its
+    own data. So the entry is keyed by rank and holds one serialised blob.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
 
     def state_dict(self) -> dict:
-        return {f"rank{rank_world()[0]}": _tensors_to_cpu(prac_state_dict(self.model))}
+        buffer = io.BytesIO()
+        torch.save(prac_state_dict(self.model), buffer)
+        return {f"rank{rank_world()[0]}": buffer.getvalue()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        load_prac_state_dict(self.model, state_dict[f"rank{rank_world()[0]}"])
-
-
-def _tensors_to_cpu(tree):
-    if isinstance(tree, dict):
-        return {k: _tensors_to_cpu(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_tensors_to_cpu(v) for v in tree)
-    return tree.detach().cpu() if isinstance(tree, torch.Tensor) else tree
+        key = f"rank{rank_world()[0]}"
+        if key not in state_dict:
+            raise ValueError(f"PRAC checkpoint state: no entry {key!r} (found {sorted(state_dict)}); the run was "
+                             f"saved with another number of ranks")
+        sd = torch.load(io.BytesIO(state_dict[key]), map_location="cpu", weights_only=False)
+        load_prac_state_dict(self.model, sd)
 
 
 def attach_prac(model: nn.Module, optimizers, checkpointer=None, key: str = "prac"):
