@@ -4,7 +4,7 @@ Fast: the converter applies PRAC as the model config is built (the probe follows
 forward(tokens, ...)), the PRAC settings travel in the converter's config, a meta-device build is refused
 in one line, and attach_prac advances the schedule once per step of torchtitan's OptimizersContainer.
 Slow: a 2-rank CPU (gloo) run of the Llama3 debug model (2 blocks) through torchtitan's parallelize
-function (full activation checkpointing, FSDP2 over both ranks), OptimizersContainer, LR schedulers and DCP
+function (full activation checkpointing, per-block torch.compile with aot_eager, FSDP2 over both ranks), OptimizersContainer, LR schedulers and DCP
 CheckpointManager (tests/integrations/torchtitan_worker.py): the loss after 30 steps is within 3% of the
 same run without PRAC, and a run resumed from the step-15 checkpoint repeats the uninterrupted run's
 losses bit for bit.
@@ -80,7 +80,7 @@ def test_two_rank_training_and_bit_exact_resume(tmp_path):
                PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     out = tmp_path / "losses.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
-           WORKER, "--steps", "30", "--save-at", "15", "--folder", str(tmp_path), "--out", str(out)]
+           WORKER, "--steps", "30", "--save-at", "15", "--compile", "--folder", str(tmp_path), "--out", str(out)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-6000:]
     losses = json.loads(out.read_text())
