@@ -31,18 +31,19 @@ from benchmarks._tiny_models import torchtitan_spec
 from prac_dist import PRACConfig
 from prac_dist.integrations.torchtitan import PRACConverter, attach_prac
 
-VOCAB, SEQ, BATCH = 2048, 64, 4
+VOCAB, USED, SEQ, BATCH = 2048, 64, 64, 4
 
 
 def batch(step: int, rank: int) -> torch.Tensor:
-    """A learnable stream: each token is a fixed function of the previous one, 1 in 8 replaced at random."""
+    """A learnable stream over the first USED ids: each token a fixed function of the previous one, 1 in 8
+    replaced at random. Small enough that 30 steps reach the noise floor, where the losses compare."""
     g = torch.Generator().manual_seed(1000 * step + rank)
     ids = torch.empty(BATCH, SEQ + 1, dtype=torch.long)
-    ids[:, 0] = torch.randint(0, VOCAB, (BATCH,), generator=g)
+    ids[:, 0] = torch.randint(0, USED, (BATCH,), generator=g)
     for t in range(1, SEQ + 1):
-        ids[:, t] = (ids[:, t - 1] * 37 + 11) % VOCAB
+        ids[:, t] = (ids[:, t - 1] * 37 + 11) % USED
     noise = torch.rand(BATCH, SEQ + 1, generator=g) < 0.125
-    ids[noise] = torch.randint(0, VOCAB, (int(noise.sum()),), generator=g)
+    ids[noise] = torch.randint(0, USED, (int(noise.sum()),), generator=g)
     return ids
 
 
