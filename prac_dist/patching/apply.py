@@ -141,11 +141,17 @@ def _architecture(model: nn.Module) -> Optional[Architecture]:
     return ARCHITECTURES.get(getattr(getattr(model, "config", None), "model_type", None))
 
 
-def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Module:
+def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None, *, example_inputs=None) -> nn.Module:
     """Swap the model's linear (and norm/MLP) modules for PRAC ones, in place; same Parameters.
 
     `model` may be a PEFT model (before or after get_peft_model both work) or an engine-wrapped one:
     the innermost model is patched and returned inside its wrappers.
+
+    A model outside the registry is patched by structural discovery, from one forward on
+    `example_inputs` (a tensor, a tuple of positional or a dict of keyword arguments of its forward),
+    or, without them, on random token ids placed as its forward's signature asks (patching/discover.py).
+    With `PRACConfig.target_modules` and no `example_inputs` nothing is run: each named linear gets a
+    basis of its own (with `example_inputs` too, linears that read one tensor share one).
     """
     wrapped, model = model, unwrap(model)
     cfg = config or PRACConfig()
@@ -158,8 +164,8 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
     if targets is not None:
         _check_targets(model, targets)
     state = PRACState(config=cfg)
-    if arch is None and (targets is None or _can_probe(model)):  # outside the registry: one traced forward
-        _apply_discovered(model, cfg, state, targets)
+    if arch is None and (targets is None or example_inputs is not None):  # outside the registry: one forward
+        _apply_discovered(model, cfg, state, targets, example_inputs)
         return _finish(wrapped, model, cfg, state)
     transposed = bool(arch and arch.transposed)  # arch is None only for named targets of a non-LM model
     exact = _attention_output_names(model, arch, targets)
@@ -178,10 +184,6 @@ def apply_prac(model: nn.Module, config: Optional[PRACConfig] = None) -> nn.Modu
     if arch is not None:
         _patch_nonlinear(model, arch, cfg, state)
     return _finish(wrapped, model, cfg, state)
-
-
-def _can_probe(model: nn.Module) -> bool:
-    return isinstance(getattr(getattr(model, "config", None), "vocab_size", None), int)
 
 
 def _finish(wrapped: nn.Module, model: nn.Module, cfg: PRACConfig, state: PRACState) -> nn.Module:
@@ -203,9 +205,10 @@ def _guard_unload(outer, state: PRACState) -> None:
             UnloadGuard.install(module, state.swaps, functools.partial(remove_prac, module), state.handles)
 
 
-def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targets: Optional[set]) -> None:
+def _apply_discovered(model: nn.Module, cfg: PRACConfig, state: PRACState, targets: Optional[set],
+                      example_inputs) -> None:
     """Swap what prac_dist.patching.discover found; say once what stays exact and what was left alone."""
-    found = state.discovery = discover(model, cfg.kernel)
+    found = state.discovery = discover(model, cfg.kernel, example_inputs)
     # Without compression (or next to a copy another module keeps) a lean op is worth it only if leaner.
     sites = [s for s in found.sites
              if (cfg.compress_nonlinear and s.kept_by is None) or s.saved_after < s.saved_before]

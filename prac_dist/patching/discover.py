@@ -1,6 +1,6 @@
 """Structural discovery: what to patch in a decoder outside the model registry, from one traced forward.
 
-One forward on a probe batch (random token ids, eval mode, the caller's RNG untouched) records, for
+One forward on a probe batch (eval mode, the caller's RNG untouched) records, for
 every module, the tensor it read and the tensor it returned, and for every tensor saved for backward
 the module that saved it. From that, not from module names:
 
@@ -17,10 +17,17 @@ the module that saved it. From that, not from module names:
   for a random upstream gradient) equal the module's to the dtype's rounding. The bytes each saves
   for backward on the probe are recorded, so that apply_prac installs an uncompressed replacement
   only where it saves less. Anything else is left alone, with the reason recorded.
+
+The probe is the caller's `example_inputs` when given, else random token ids passed the way the
+forward's signature asks for them: `input_ids=` (Hugging Face), `tokens=` (torchtitan), `idx=`
+(nanoGPT, LitGPT), or else as the first positional argument; the ids are drawn below the vocabulary
+size (config.vocab_size, else the input embedding's rows). A forward that needs anything else is
+not guessed at: probe_inputs names what to pass.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
@@ -35,7 +42,7 @@ from prac_dist.ops.gelu import GELU_APPROXIMATIONS
 from prac_dist.patching.modules import (PRACGELU, PRACGELUMLP, PRACLayerNorm, PRACRMSNorm, PRACSwiGLUMLP,
                                         is_conv1d, is_linear, linear_shape)
 
-__all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replacement"]
+__all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replacement", "probe_inputs", "ProbeError"]
 
 # Relative error (max |a - b| / max |b|) within which a replacement counts as the module itself:
 # float32 only reorders sums (a few ulp, 1e-7); 16-bit formats round x̂ once more in the lean RMSNorm
@@ -43,6 +50,8 @@ __all__ = ["Discovery", "LinearGroup", "Site", "discover", "group_name", "replac
 # float32, a swapped gate/up) is off by 1e-3 or far more.
 _TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 _PROBE_SHAPE = (2, 16)
+_TOKEN_ARGUMENTS = ("input_ids", "tokens", "idx")
+_DEFAULT_EPS = (1e-5, 1e-6)  # torch's LayerNorm and most RMSNorms  # Hugging Face, torchtitan, nanoGPT / LitGPT
 _COMPRESSES_ITS_INPUT = ("rms", "layer", "gelu")  # (SwiGLU / GELU MLPs compress tensors made inside them)
 
 
@@ -96,7 +105,7 @@ def _key(t: torch.Tensor):
     return t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype
 
 
-def _trace(model: nn.Module, probe: Dict[str, torch.Tensor]):
+def _trace(model: nn.Module, probe: Tuple[tuple, dict]):
     """Run the probe forward; return ({name: _Call}, {storage ptr: saving module types})."""
     names = {id(m): n for n, m in model.named_modules()}
     calls: Dict[str, _Call] = {}
@@ -136,7 +145,7 @@ def _trace(model: nn.Module, probe: Dict[str, torch.Tensor]):
         model.eval()  # no dropout: each candidate is compared with the module on the same input
         with torch.random.fork_rng(devices=[]), torch.enable_grad(), \
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(**probe)
+            _run_probe(model, probe)
     finally:
         for h in handles:
             h.remove()
@@ -144,28 +153,100 @@ def _trace(model: nn.Module, probe: Dict[str, torch.Tensor]):
     return calls, saved
 
 
-def _probe_batch(model: nn.Module) -> Dict[str, torch.Tensor]:
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    param = next(iter(model.parameters()), None)
-    if not isinstance(vocab, int) or param is None:
+class ProbeError(ValueError):
+    """Structural discovery cannot run the model's forward: the message says what to pass instead."""
+
+
+def _run_probe(model: nn.Module, probe: Tuple[tuple, dict]) -> None:
+    args, kwargs = probe
+    try:
+        model(*args, **kwargs)
+    except Exception as exc:  # the model's own error, whatever its type: one line naming the way out
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise ProbeError(f"apply_prac: structural discovery ran {type(model).__name__}.forward on the probe "
+                         f"{_describe(probe)} and it raised {type(exc).__name__}: {first}; pass "
+                         f"apply_prac(model, config, example_inputs=...) with one batch its forward takes, or "
+                         f"PRACConfig.target_modules") from exc
+
+
+def _describe(probe: Tuple[tuple, dict]) -> str:
+    def one(v):
+        return f"{v.dtype}{tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+    args, kwargs = probe
+    return "(" + ", ".join([one(a) for a in args] + [f"{k}={one(v)}" for k, v in kwargs.items()]) + ")"
+
+
+def probe_inputs(model: nn.Module, example_inputs=None) -> Tuple[tuple, dict]:
+    """(args, kwargs) of the probe forward: `example_inputs` as given (a tensor, a tuple of positional
+    arguments or a dict of keyword arguments), else random token ids placed as the forward's signature asks."""
+    _check_materialised(model)
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            return (example_inputs,), {}
+        if isinstance(example_inputs, (tuple, list)):
+            return tuple(example_inputs), {}
+        if isinstance(example_inputs, dict):
+            return (), dict(example_inputs)
+        raise ValueError(f"apply_prac: example_inputs is a {type(example_inputs).__name__}; accepted are a "
+                         f"tensor (the first positional argument), a tuple of positional arguments or a dict "
+                         f"of keyword arguments of {type(model).__name__}.forward")
+    where, why = _token_argument(model)
+    vocab = _vocab_size(model)
+    if where is None or vocab is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        raise ValueError(f"apply_prac: model type {model_type!r} is not in the model registry (registered: "
-                         f"{sorted(ARCHITECTURES)}) and {type(model).__name__} has no config.vocab_size to build "
-                         f"the probe batch of structural discovery; pass PRACConfig.target_modules with the "
-                         f"names of the linear layers to compress, or register the family in "
-                         f"prac_dist/models/registry.py")
-    if param.device.type == "meta" or param.numel() == 0:
-        raise ValueError(f"apply_prac: {type(model).__name__} is not in the model registry, and structural "
+        raise ProbeError(f"apply_prac: model type {model_type!r} is not in the model registry (registered: "
+                         f"{sorted(ARCHITECTURES)}) and structural discovery cannot build its probe batch "
+                         f"({why if where is None else 'no config.vocab_size and no nn.Embedding to bound the ids'}); "
+                         f"pass apply_prac(model, config, example_inputs=...) with one batch its forward takes, "
+                         f"or PRACConfig.target_modules with the names of the linear layers to compress")
+    device = next(iter(model.parameters())).device
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, _PROBE_SHAPE, generator=g).to(device)
+    return ((ids,), {}) if where == 0 else ((), {where: ids})
+
+
+def _check_materialised(model: nn.Module) -> None:
+    param = next(iter(model.parameters()), None)
+    if param is not None and (param.device.type == "meta" or param.numel() == 0):
+        raise ProbeError(f"apply_prac: {type(model).__name__} is not in the model registry, and structural "
                          f"discovery runs one forward, which needs materialised weights (found "
                          f"{'meta' if param.device.type == 'meta' else 'partitioned (ZeRO-3)'} parameters); "
-                         f"apply PRAC before deepspeed.zero.Init / meta-device construction, or register the family")
-    g = torch.Generator().manual_seed(0)
-    return {"input_ids": torch.randint(0, vocab, _PROBE_SHAPE, generator=g).to(param.device)}
+                         f"apply PRAC before deepspeed.zero.Init / meta-device construction, pass "
+                         f"PRACConfig.target_modules, or register the family")
 
 
-def discover(model: nn.Module, kernel: str = "auto", probe: Optional[Dict[str, torch.Tensor]] = None) -> Discovery:
-    """What apply_prac patches in `model`, found from one forward on `probe` (default: random token ids)."""
-    calls, saved = _trace(model, probe if probe is not None else _probe_batch(model))
+def _token_argument(model: nn.Module):
+    """(keyword name, None), (0, None) for the first positional argument, or (None, why not)."""
+    forward = type(model).forward
+    if getattr(forward, "__name__", "") == "_forward_unimplemented":
+        return None, f"{type(model).__name__} defines no forward"
+    signature = inspect.signature(forward)
+    params = list(signature.parameters.values())[1:]  # without self
+    named = next((p for p in params if p.name in _TOKEN_ARGUMENTS and p.kind is not p.VAR_POSITIONAL), None)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    token = named or (positional[0] if positional and positional[0] is params[0] else None)
+    if token is None:
+        return None, f"{type(model).__name__}.forward{signature} takes no token tensor first"
+    required = [p.name for p in params if p is not token and p.default is p.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        return None, f"{type(model).__name__}.forward{signature} needs more than a token tensor: {', '.join(required)}"
+    return (0 if token.kind is token.POSITIONAL_ONLY or named is None else token.name), None
+
+
+def _vocab_size(model: nn.Module) -> Optional[int]:
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int):
+        return vocab
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    return int(emb.num_embeddings) if isinstance(emb, nn.Embedding) else None
+
+
+def discover(model: nn.Module, kernel: str = "auto", example_inputs=None) -> Discovery:
+    """What apply_prac patches in `model`, found from one forward on `example_inputs` (default: random token
+    ids where the forward's signature takes them; see probe_inputs)."""
+    calls, saved = _trace(model, probe_inputs(model, example_inputs))
     found = Discovery()
     found.groups = _linear_groups(model, calls, saved)
     swapped: List[str] = []
@@ -299,12 +380,13 @@ def _candidates(module: nn.Module, sites, kernel: str):
 def _norm_sites(module: nn.Module):
     eps = next((getattr(module, a) for a in ("variance_epsilon", "eps", "epsilon") if
                 isinstance(getattr(module, a, None), (int, float))), None)
-    if eps is None:
-        return
-    if getattr(module, "bias", None) is None:
-        for offset in (0.0, 1.0):  # w · x̂ (LLaMA) and (1 + w) · x̂ (Gemma)
-            yield Site("", "rms", (("offset", offset), ("eps", float(eps))))
-    yield Site("", "layer", (("eps", float(eps)),))
+    # A norm that keeps its eps in the code (nanoGPT's LayerNorm passes 1e-5 to F.layer_norm): the usual
+    # values are tried, and the closest candidate wins (_first_match).
+    for e in (_DEFAULT_EPS if eps is None else (eps,)):
+        if getattr(module, "bias", None) is None:
+            for offset in (0.0, 1.0):  # w · x̂ (LLaMA) and (1 + w) · x̂ (Gemma)
+                yield Site("", "rms", (("offset", offset), ("eps", float(e))))
+        yield Site("", "layer", (("eps", float(e)),))
 
 
 def gelu_kind(act: nn.Module) -> Optional[str]:

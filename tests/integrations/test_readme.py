@@ -1,7 +1,7 @@
 """Every fenced block of README.md's "Use it with" section runs, each in a fresh process, on a tiny LLaMA.
 
 The section promises its snippets are real: they are executed here as written, after a preamble
-that defines `model`, `dataset` and `loader` (as the README says), in a temporary folder that also
+that defines `model`, `tokenizer`, `dataset` and `loader` (as the README says), in a temporary folder that also
 holds the section's DeepSpeed JSON as ds.json. A single process plays rank 0 of 1 for DeepSpeed and FSDP2.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("A plain loop", "Hugging Face Trainer", "Accelerate", "PEFT (LoRA)", "DeepSpeed", "FSDP2")
+SECTIONS = ("A plain loop", "Hugging Face Trainer", "TRL", "Accelerate", "PEFT (LoRA)", "DeepSpeed", "FSDP2",
+            "torchtitan")
 
 PREAMBLE = '''
 import torch
@@ -35,6 +36,8 @@ class Sequences(torch.utils.data.Dataset):
         return {"input_ids": x, "labels": x.clone()}
 
 dataset = Sequences()
+from prac_dist.train.data import load_tokenizer
+tokenizer = load_tokenizer("bundled:gpt2")
 loader = torch.utils.data.DataLoader(dataset, batch_size=2)
 '''
 
