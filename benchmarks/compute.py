@@ -40,7 +40,7 @@ from prac_dist import PRACConfig, apply_prac
 from prac_dist import step as prac_step
 from prac_dist.loss import install_fused_loss
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.planner.presets import PRESETS, build_model
+from prac_dist.models.shapes import PRESETS, build_model
 
 from benchmarks._bench_env import write_result  # noqa: E402
 

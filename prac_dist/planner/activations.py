@@ -44,7 +44,7 @@ from prac_dist.config import fused_loss_backward
 from prac_dist.core.cost import linear_storage_mode, stored_bytes_per_token
 from prac_dist.loss.linear_cross_entropy import BACKWARDS, store_fits
 
-from .presets import ModelShape
+from prac_dist.models.shapes import ModelShape
 
 if TYPE_CHECKING:
     from prac_dist.config import PRACConfig

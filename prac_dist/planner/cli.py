@@ -16,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from .plan import DTYPES, ENGINES, plan
-from .presets import PRESETS
+from prac_dist.models.shapes import PRESETS
 
 __all__ = ["main", "parse_bytes"]
 

@@ -22,7 +22,7 @@ from typing import Dict
 from prac_dist.core.cost import projection_extra_flops, refresh_flops
 
 from .activations import Setting, head_backward, linear_groups, storage_mode
-from .presets import ModelShape
+from prac_dist.models.shapes import ModelShape
 
 __all__ = ["step_flops", "REFRESH_INTERVAL"]
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .activations import Setting, head_backward, layer_saved_bytes_per_token, saved_bytes
 from .flops import step_flops
-from .presets import PRESETS, ModelShape, get_shape, shape_from_config
+from prac_dist.models.shapes import PRESETS, ModelShape, get_shape, shape_from_config
 
 __all__ = ["plan", "Plan", "PlanRow", "ENGINES", "DTYPES", "candidate_settings", "family"]
 

@@ -1,0 +1,211 @@
+"""Peak memory of a whole training step, and the micro-batch it buys: measured without a GPU.
+
+Per setting (prac_dist.planner.measure.RECIPES: Hugging Face, its full and selective activation
+checkpointing, the fused loss head alone, PRACConfig(), lean(), paper(), PRAC with checkpointing)
+and optimizer ('adamw': AdamW on bf16 weights, the paper's setup; 'mixed': float32 master weights
+and moments, DeepSpeed's and FSDP2's usual setting), the peak of the second training step of an HF
+LLaMA (SDPA, bf16, 256 tokens) with its parts, by MemTracker under FakeTensorMode. The paper's GPU
+figures (Tables 2/4) are printed beside.
+
+--fit: the largest micro-batch that fits each budget (80 and 40 GiB): the peak is affine in the
+micro-batch at a fixed sequence length, so two measured batches give the line, and --verify
+measures the predicted batch and the one above it (prac_dist.planner.measure.largest_micro_batch).
+
+    python -m benchmarks.peak_memory --model llama_130m --batches 128
+    python -m benchmarks.peak_memory --model llama_1b --batches 64 128 --fit --verify "HF" "PRACConfig()"
+
+Each row is written to benchmarks/results/peak_memory.json as it finishes (a rerun skips the rows
+the file holds, so a killed run resumes); --plot draws peak_memory.png (peak per setting, stacked by part).
+torch.compile is not measured: TorchDynamo does not trace under FakeTensorMode (see RECIPES).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from prac_dist.planner.measure import OPTIMIZERS, RECIPES, fit_line, largest_micro_batch, measure_peak
+
+from benchmarks._bench_env import command_line, write_result
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OUT = RESULTS / "peak_memory.json"
+GIB = 2**30
+SEQ = 256
+BUDGETS_GIB = (80, 40)
+
+# The PRAC paper's GPU measurements (GB, Tables 2/4): LLaMA, AdamW, bf16, 256 tokens; None = out of memory.
+PAPER_GB = {
+    ("llama_130m", 128): {"HF": 21.26, "PRAC (paper)": 15.65},
+    ("llama_1b", 64): {"HF": 50.35, "PRAC (paper)": 36.90},
+    ("llama_1b", 128): {"HF": None},
+}
+NOT_MEASURED = {
+    "torch.compile, activation_memory_budget=0.5": (
+        "TorchDynamo does not trace while a TorchDispatchMode (FakeTensorMode, MemTracker) is active: the "
+        "compiled model runs eagerly and its peak equals HF's to the byte (checked at 2 layers of LLaMA-130M, "
+        "no frame captured). It needs a GPU run."),
+}
+
+
+def _load() -> dict:
+    if OUT.exists():
+        return json.loads(OUT.read_text())
+    return {"rows": [], "fits": []}
+
+
+def _key(row: dict) -> tuple:
+    return row["model"], row["micro_batch"], row["seq_len"], row["optimizer"], row["setting"]
+
+
+def _merge(data: dict) -> None:
+    """Add the rows and fits another process wrote to the file since `data` was read (runs may overlap)."""
+    disk = _load()
+    keys = {_key(r) for r in data["rows"]}
+    data["rows"] += [r for r in disk["rows"] if _key(r) not in keys]
+    fit_keys = {_fit_key(f) for f in data["fits"]}
+    data["fits"] += [f for f in disk.get("fits", []) if _fit_key(f) not in fit_keys]
+
+
+def _fit_key(f: dict) -> tuple:
+    return f["model"], f["optimizer"], f["setting"], f["budget_gib"]
+
+
+def _save(data: dict, args_line: str) -> None:
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "prac_dist_peak_memory.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge(data)
+        _write(data, args_line)
+
+
+def _write(data: dict, args_line: str) -> None:
+    fields = {k: v for k, v in data.items() if k not in ("benchmark", "environment")}
+    fields.update(paper_gb={f"{m} x {b}": v for (m, b), v in PAPER_GB.items()}, not_measured=NOT_MEASURED,
+                  seq_len=SEQ)
+    write_result(OUT, "peak_memory", fields, command=args_line)  # each row names its own command too
+
+
+def _measure_row(data: dict, model: str, batch: int, optimizer: str, setting: str, args_line: str) -> dict:
+    key = (model, batch, SEQ, optimizer, setting)
+    for row in data["rows"]:
+        if _key(row) == key:
+            return row
+    t0 = time.time()
+    m = measure_peak(model, RECIPES[setting], batch, SEQ, optimizer)
+    row = {"model": model, "micro_batch": batch, "seq_len": SEQ, "optimizer": optimizer, "setting": setting,
+           **m.to_dict(), "seconds": round(time.time() - t0, 1),
+           "command": args_line}
+    data["rows"].append(row)
+    _save(data, args_line)
+    print(f"  {model} x {batch} {optimizer:<5} {setting:<36} peak {m.peak_bytes / GIB:7.2f} GiB "
+          f"(first step {m.first_step_peak_bytes / GIB:.2f}) {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return row
+
+
+def _fit(data: dict, model: str, optimizer: str, setting: str, batches: List[int], verify: bool,
+         args_line: str) -> None:
+    for budget in BUDGETS_GIB:
+        def measure(b: int) -> int:
+            row = _measure_row(data, model, b, optimizer, setting, args_line)
+            return max(row["peak_bytes"], row["first_step_peak_bytes"])  # both steps must fit
+
+        result = largest_micro_batch(measure, budget * GIB, probes=batches[:2], verify=verify)
+        entry = {"model": model, "optimizer": optimizer, "setting": setting, "budget_gib": budget,
+                 "seq_len": SEQ, "verified": verify, **result, "command": args_line}
+        data["fits"] = [f for f in data["fits"] if _fit_key(f) != _fit_key(entry)] + [entry]
+        _save(data, args_line)
+
+
+def table(data: dict) -> str:
+    lines = [f"{'model':<11} {'batch':>5} {'optim':<5} {'setting':<34} {'peak GiB':>8} {'params':>6} {'grads':>6} "
+             f"{'optim':>6} {'activ':>6} {'temp':>6} {'vs HF':>6} {'paper GB':>8}"]
+    base = {(r["model"], r["micro_batch"], r["optimizer"]): r["peak_bytes"] for r in data["rows"] if r["setting"] == "HF"}
+    for r in sorted(data["rows"], key=lambda r: (r["model"], r["micro_batch"], r["optimizer"])):
+        p = r["parts"]
+        hf = base.get((r["model"], r["micro_batch"], r["optimizer"]))
+        paper = PAPER_GB.get((r["model"], r["micro_batch"]), {})
+        label = {"HF": "HF", "paper()": "PRAC (paper)"}.get(r["setting"])
+        ref = paper.get(label, "") if r["optimizer"] == "adamw" else ""
+        ref = "OOM" if label in paper and ref is None else (f"{ref:.2f}" if ref != "" else "")
+        lines.append(f"{r['model']:<11} {r['micro_batch']:>5} {r['optimizer']:<5} {r['setting']:<34} "
+                     f"{r['peak_bytes'] / GIB:>8.2f} " + " ".join(f"{p[k] / GIB:>6.2f}" for k in
+                                                                   ("params", "grads", "optimizer", "activations",
+                                                                    "temporaries"))
+                     + f" {r['peak_bytes'] / hf if hf else float('nan'):>6.3f} {ref:>8}")
+    if data.get("fits"):
+        lines.append("")
+        lines.append(f"{'model':<11} {'optim':<5} {'setting':<34} {'budget':>6} {'largest micro-batch':>20} "
+                     f"{'(line)':>7}")
+        for f in data["fits"]:
+            lines.append(f"{f['model']:<11} {f['optimizer']:<5} {f['setting']:<34} {f['budget_gib']:>4} GiB "
+                         f"{f['largest']:>20} {f['predicted']:>7}" + ("" if f["verified"] else "  (line only)"))
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["micro_batch"], r["optimizer"]) for r in data["rows"]})
+    parts = ("params", "grads", "optimizer", "activations", "temporaries")
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.8), squeeze=False)
+    for ax, (model, batch, opt) in zip(axes[0], groups):
+        rows = [r for r in data["rows"] if (r["model"], r["micro_batch"], r["optimizer"]) == (model, batch, opt)]
+        bottom = [0.0] * len(rows)
+        for part in parts:
+            vals = [r["parts"][part] / GIB for r in rows]
+            ax.bar(range(len(rows)), vals, bottom=bottom, label=part)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["setting"] for r in rows], rotation=70, ha="right", fontsize=7)
+        ax.set_title(f"{model} x {batch} x {SEQ}, {opt}", fontsize=9)
+        ax.axhline(80, color="k", lw=0.6, ls="--")
+        ax.set_ylabel("peak GiB (second step)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama_130m")
+    ap.add_argument("--batches", type=int, nargs="+", default=[128])
+    ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    ap.add_argument("--settings", nargs="+", default=list(RECIPES), help=f"of {list(RECIPES)}")
+    ap.add_argument("--fit", action="store_true", help="largest micro-batch per budget, from the first two batches")
+    ap.add_argument("--verify", nargs="*", default=None,
+                    help="settings whose fitted largest micro-batch (and the one above) are measured")
+    ap.add_argument("--plot", action="store_true")
+    args = ap.parse_args(argv)
+    unknown = [s for s in args.settings + (args.verify or []) if s not in RECIPES]
+    if unknown:
+        raise SystemExit(f"--settings {unknown[0]!r}: accepted are {list(RECIPES)}")
+    if args.fit and len(args.batches) < 2:
+        raise SystemExit(f"--fit needs two --batches (got {args.batches})")
+    args_line = command_line()
+    data = _load()
+    for batch in args.batches:
+        for opt in args.optimizers:
+            for setting in args.settings:
+                _measure_row(data, args.model, batch, opt, setting, args_line)
+    if args.fit:
+        for opt in args.optimizers:
+            for setting in args.settings:
+                _fit(data, args.model, opt, setting, args.batches, setting in (args.verify or ()), args_line)
+    print(table(data))
+    if args.plot:
+        plot(data, RESULTS / "peak_memory.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
