@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from prac_dist.planner.measure import OPTIMIZERS, RECIPES, fit_line, largest_micro_batch, measure_peak
+from prac_dist.planner.measure import (OPTIMIZERS, RECIPES, largest_micro_batch, measure_peak, measure_peak_by_depth,
+                                      num_layers)
 
 from benchmarks._bench_env import command_line, write_result
 
@@ -54,12 +55,21 @@ NOT_MEASURED = {
 
 def _load() -> dict:
     if OUT.exists():
-        return json.loads(OUT.read_text())
+        data = json.loads(OUT.read_text())
+        for row in data["rows"]:
+            row.setdefault("method", "measured")
+        return data
     return {"rows": [], "fits": []}
 
 
 def _key(row: dict) -> tuple:
-    return row["model"], row["micro_batch"], row["seq_len"], row["optimizer"], row["setting"]
+    return row["model"], row["micro_batch"], row["seq_len"], row["optimizer"], row["setting"], row["method"]
+
+
+def _method(model: str, depths) -> str:
+    if depths is None or num_layers(model) in depths:
+        return "measured"
+    return f"line through {depths[0]} and {depths[1]} layers"
 
 
 def _merge(data: dict) -> None:
@@ -72,7 +82,7 @@ def _merge(data: dict) -> None:
 
 
 def _fit_key(f: dict) -> tuple:
-    return f["model"], f["optimizer"], f["setting"], f["budget_gib"]
+    return f["model"], f["optimizer"], f["setting"], f["budget_gib"], f["method"]
 
 
 def _save(data: dict, args_line: str) -> None:
@@ -92,53 +102,60 @@ def _write(data: dict, args_line: str) -> None:
     write_result(OUT, "peak_memory", fields, command=args_line)  # each row names its own command too
 
 
-def _measure_row(data: dict, model: str, batch: int, optimizer: str, setting: str, args_line: str) -> dict:
-    key = (model, batch, SEQ, optimizer, setting)
+def _measure_row(data: dict, model: str, batch: int, optimizer: str, setting: str, depths, args_line: str) -> dict:
+    method = _method(model, depths)
+    key = (model, batch, SEQ, optimizer, setting, method)
     for row in data["rows"]:
         if _key(row) == key:
             return row
     t0 = time.time()
-    m = measure_peak(model, RECIPES[setting], batch, SEQ, optimizer)
+    if method == "measured":
+        m = measure_peak(model, RECIPES[setting], batch, SEQ, optimizer)
+    else:
+        m = measure_peak_by_depth(model, RECIPES[setting], batch, SEQ, optimizer, depths=depths)
     row = {"model": model, "micro_batch": batch, "seq_len": SEQ, "optimizer": optimizer, "setting": setting,
-           **m.to_dict(), "seconds": round(time.time() - t0, 1),
-           "command": args_line}
+           "method": method, **m.to_dict(), "seconds": round(time.time() - t0, 1), "command": args_line}
     data["rows"].append(row)
     _save(data, args_line)
-    print(f"  {model} x {batch} {optimizer:<5} {setting:<36} peak {m.peak_bytes / GIB:7.2f} GiB "
+    print(f"  {model} x {batch} {optimizer:<5} {setting:<36} {method[:8]} peak {m.peak_bytes / GIB:7.2f} GiB "
           f"(first step {m.first_step_peak_bytes / GIB:.2f}) {row['seconds']:.0f} s", file=sys.stderr, flush=True)
     return row
 
 
-def _fit(data: dict, model: str, optimizer: str, setting: str, batches: List[int], verify: bool,
+def _fit(data: dict, model: str, optimizer: str, setting: str, batches: List[int], verify: bool, depths,
          args_line: str) -> None:
     for budget in BUDGETS_GIB:
         def measure(b: int) -> int:
-            row = _measure_row(data, model, b, optimizer, setting, args_line)
+            row = _measure_row(data, model, b, optimizer, setting, depths, args_line)
             return max(row["peak_bytes"], row["first_step_peak_bytes"])  # both steps must fit
 
         result = largest_micro_batch(measure, budget * GIB, probes=batches[:2], verify=verify)
         entry = {"model": model, "optimizer": optimizer, "setting": setting, "budget_gib": budget,
-                 "seq_len": SEQ, "verified": verify, **result, "command": args_line}
+                 "seq_len": SEQ, "method": _method(model, depths), "verified": verify, **result,
+                 "command": args_line}
         data["fits"] = [f for f in data["fits"] if _fit_key(f) != _fit_key(entry)] + [entry]
         _save(data, args_line)
 
 
 def table(data: dict) -> str:
-    lines = [f"{'model':<11} {'batch':>5} {'optim':<5} {'setting':<34} {'peak GiB':>8} {'params':>6} {'grads':>6} "
+    lines = [f"{'model':<11} {'batch':>5} {'optim':<5} {'how':<3} {'setting':<34} {'peak GiB':>8} {'params':>6} {'grads':>6} "
              f"{'optim':>6} {'activ':>6} {'temp':>6} {'vs HF':>6} {'paper GB':>8}"]
-    base = {(r["model"], r["micro_batch"], r["optimizer"]): r["peak_bytes"] for r in data["rows"] if r["setting"] == "HF"}
-    for r in sorted(data["rows"], key=lambda r: (r["model"], r["micro_batch"], r["optimizer"])):
+    base = {_group(r): r["peak_bytes"] for r in data["rows"] if r["setting"] == "HF"}
+    for r in sorted(data["rows"], key=_group):
         p = r["parts"]
-        hf = base.get((r["model"], r["micro_batch"], r["optimizer"]))
+        hf = base.get(_group(r))
         paper = PAPER_GB.get((r["model"], r["micro_batch"]), {})
         label = {"HF": "HF", "paper()": "PRAC (paper)"}.get(r["setting"])
         ref = paper.get(label, "") if r["optimizer"] == "adamw" else ""
         ref = "OOM" if label in paper and ref is None else (f"{ref:.2f}" if ref != "" else "")
-        lines.append(f"{r['model']:<11} {r['micro_batch']:>5} {r['optimizer']:<5} {r['setting']:<34} "
+        how = "M" if r["method"] == "measured" else "L"
+        lines.append(f"{r['model']:<11} {r['micro_batch']:>5} {r['optimizer']:<5} {how:<3} {r['setting']:<34} "
                      f"{r['peak_bytes'] / GIB:>8.2f} " + " ".join(f"{p[k] / GIB:>6.2f}" for k in
                                                                    ("params", "grads", "optimizer", "activations",
                                                                     "temporaries"))
                      + f" {r['peak_bytes'] / hf if hf else float('nan'):>6.3f} {ref:>8}")
+    lines.append("how: M = measured at the model's depth; L = the line through two shallow depths "
+                 "(measure_peak_by_depth)")
     if data.get("fits"):
         lines.append("")
         lines.append(f"{'model':<11} {'optim':<5} {'setting':<34} {'budget':>6} {'largest micro-batch':>20} "
@@ -149,17 +166,21 @@ def table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def _group(r: dict) -> tuple:
+    return r["model"], r["micro_batch"], r["optimizer"], r["method"]
+
+
 def plot(data: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["micro_batch"], r["optimizer"]) for r in data["rows"]})
+    groups = sorted({_group(r) for r in data["rows"] if r["method"] == "measured" or r["model"] != "llama_130m"})
     parts = ("params", "grads", "optimizer", "activations", "temporaries")
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.8), squeeze=False)
-    for ax, (model, batch, opt) in zip(axes[0], groups):
-        rows = [r for r in data["rows"] if (r["model"], r["micro_batch"], r["optimizer"]) == (model, batch, opt)]
+    for ax, (model, batch, opt, method) in zip(axes[0], groups):
+        rows = [r for r in data["rows"] if _group(r) == (model, batch, opt, method)]
         bottom = [0.0] * len(rows)
         for part in parts:
             vals = [r["parts"][part] / GIB for r in rows]
@@ -184,6 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true", help="largest micro-batch per budget, from the first two batches")
     ap.add_argument("--verify", nargs="*", default=None,
                     help="settings whose fitted largest micro-batch (and the one above) are measured")
+    ap.add_argument("--depths", type=int, nargs=2, default=None, metavar=("A", "B"),
+                    help="measure A and B decoder layers and extend the line to the model's depth "
+                         "(prac_dist.planner.measure.measure_peak_by_depth); default: the whole model")
     ap.add_argument("--plot", action="store_true")
     args = ap.parse_args(argv)
     unknown = [s for s in args.settings + (args.verify or []) if s not in RECIPES]
@@ -196,11 +220,12 @@ def main(argv=None) -> int:
     for batch in args.batches:
         for opt in args.optimizers:
             for setting in args.settings:
-                _measure_row(data, args.model, batch, opt, setting, args_line)
+                _measure_row(data, args.model, batch, opt, setting, args.depths, args_line)
     if args.fit:
         for opt in args.optimizers:
             for setting in args.settings:
-                _fit(data, args.model, opt, setting, args.batches, setting in (args.verify or ()), args_line)
+                _fit(data, args.model, opt, setting, args.batches, setting in (args.verify or ()), args.depths,
+                     args_line)
     print(table(data))
     if args.plot:
         plot(data, RESULTS / "peak_memory.png")

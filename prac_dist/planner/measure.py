@@ -17,6 +17,7 @@ temporaries allocates less, never more, than this path (docs/loss_and_planner.md
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -27,8 +28,8 @@ from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint
 from prac_dist.config import PRACConfig
 from prac_dist.models.shapes import PRESETS, ModelShape, get_shape, hf_config
 
-__all__ = ["Recipe", "RECIPES", "OPTIMIZERS", "SAVED_OPS", "StepPeak", "measure_peak", "largest_micro_batch",
-           "selective_context", "MixedPrecisionAdamW"]
+__all__ = ["Recipe", "RECIPES", "OPTIMIZERS", "SAVED_OPS", "StepPeak", "measure_peak", "measure_peak_by_depth",
+           "largest_micro_batch", "selective_context", "MixedPrecisionAdamW", "num_layers"]
 
 aten = torch.ops.aten
 
@@ -168,8 +169,24 @@ def _parts(snapshot) -> Dict[str, int]:
     return {**out, "total": total}
 
 
-def _model_config(model: Union[str, ModelShape, Any], seq_len: int):
-    """A Hugging Face config: a preset name, a ModelShape, a config object, or a dict with model_type."""
+def _model_config(model: Union[str, ModelShape, Any], layers: Optional[int] = None):
+    """A Hugging Face config: a preset name, a ModelShape, a config object, or a dict with model_type;
+    `layers` replaces its depth."""
+    config = _base_config(model)
+    if layers is not None:
+        config = copy.deepcopy(config)
+        config.num_hidden_layers = layers
+        if hasattr(config, "layer_types") and config.layer_types is not None:  # per-layer lists follow the depth
+            config.layer_types = list(config.layer_types[:1]) * layers
+    return config
+
+
+def num_layers(model: Union[str, ModelShape, Any]) -> int:
+    """The decoder depth of a model given as measure_peak accepts it."""
+    return int(_base_config(model).num_hidden_layers)
+
+
+def _base_config(model: Union[str, ModelShape, Any]):
     if isinstance(model, str):
         return hf_config(get_shape(model))
     if isinstance(model, ModelShape):
@@ -220,11 +237,13 @@ def _reset_peak(tracker) -> None:
 
 
 def measure_peak(model: Union[str, ModelShape, Any], recipe: Recipe, micro_batch: int, seq_len: int,
-                 optimizer: str = "adamw", dtype: torch.dtype = torch.bfloat16) -> StepPeak:
+                 optimizer: str = "adamw", dtype: torch.dtype = torch.bfloat16,
+                 layers: Optional[int] = None) -> StepPeak:
     """Peak memory of two training steps of `model` under `recipe`, measured in FakeTensorMode.
 
     model: a preset name (prac_dist.models.shapes.PRESETS), a ModelShape, a Hugging Face config or a
-    config dict with 'model_type'. optimizer: a key of OPTIMIZERS.
+    config dict with 'model_type'. optimizer: a key of OPTIMIZERS. layers: build that many decoder
+    layers instead of the model's (see measure_peak_by_depth).
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -236,7 +255,7 @@ def measure_peak(model: Union[str, ModelShape, Any], recipe: Recipe, micro_batch
             raise ValueError(f"{name}={value!r}: accepted is an integer >= 1")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r}: accepted is one of {sorted(OPTIMIZERS)}")
-    config = _model_config(model, seq_len)
+    config = _model_config(model, layers)
     with FakeTensorMode(allow_non_fake_inputs=False):
         net = _build(config, recipe, dtype)
         opt = OPTIMIZERS[optimizer](net.parameters())
@@ -257,6 +276,35 @@ def measure_peak(model: Union[str, ModelShape, Any], recipe: Recipe, micro_batch
     first, second = peaks
     return StepPeak(peak_bytes=second.pop("total"), parts=second, first_step_peak_bytes=first.pop("total"),
                     first_step_parts=first)
+
+
+def measure_peak_by_depth(model: Union[str, ModelShape, Any], recipe: Recipe, micro_batch: int, seq_len: int,
+                          optimizer: str = "adamw", depths: Sequence[int] = (2, 4),
+                          dtype: torch.dtype = torch.bfloat16) -> StepPeak:
+    """measure_peak at two shallow depths, extended along the line to the model's own depth.
+
+    Decoder layers are identical, so each part of the peak (and the peak) grows by the same bytes per
+    layer as long as the peak falls in the same phase of the step: the line through 2 and 4 layers of
+    LLaMA-1B at 64 x 256 gives 47.64 GiB (HF) and 26.24 GiB (PRACConfig()) at 24 layers, what the
+    24-layer measurement gives (benchmarks/results/peak_memory.json holds both). A 24-layer
+    measurement costs about 6x a 4-layer one (Python time per op).
+    """
+    target = num_layers(model)
+    lo, hi = depths
+    if not 1 <= lo < hi:
+        raise ValueError(f"depths={tuple(depths)!r}: accepted are two layer counts 1 <= a < b")
+    if target in depths:
+        return measure_peak(model, recipe, micro_batch, seq_len, optimizer, dtype, layers=target)
+    a, b = (measure_peak(model, recipe, micro_batch, seq_len, optimizer, dtype, layers=d) for d in (lo, hi))
+
+    def extend(x: int, y: int) -> int:
+        return round(x + (y - x) * (target - lo) / (hi - lo))
+
+    return StepPeak(peak_bytes=extend(a.peak_bytes, b.peak_bytes),
+                    parts={k: extend(a.parts[k], b.parts[k]) for k in a.parts},
+                    first_step_peak_bytes=extend(a.first_step_peak_bytes, b.first_step_peak_bytes),
+                    first_step_parts={k: extend(a.first_step_parts[k], b.first_step_parts[k])
+                                      for k in a.first_step_parts})
 
 
 def fit_line(points: Sequence[tuple]) -> tuple:
