@@ -29,7 +29,7 @@ from prac_dist.config import PRACConfig
 from prac_dist.models.shapes import PRESETS, ModelShape, get_shape, hf_config
 
 __all__ = ["Recipe", "RECIPES", "OPTIMIZERS", "SAVED_OPS", "StepPeak", "measure_peak", "measure_peak_by_depth",
-           "largest_micro_batch", "selective_context", "MixedPrecisionAdamW", "num_layers"]
+           "largest_micro_batch", "measured_plan", "selective_context", "MixedPrecisionAdamW", "num_layers"]
 
 aten = torch.ops.aten
 
@@ -345,13 +345,30 @@ def largest_micro_batch(measure: Callable[[int], int], budget_bytes: int, probes
     return {**out, "largest": b, "measured": {str(k): v for k, v in sorted(measured.items())}}
 
 
-def measure_settings(model, recipes: Dict[str, Recipe], micro_batch: int, seq_len: int,
-                     optimizer: str = "adamw", log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
-    """measure_peak for each named recipe: rows of {'setting', 'peak_bytes', 'parts', ...}."""
+def measured_plan(model: Union[str, ModelShape, Any], budget_bytes: int, seq_len: int, micro_batch: int,
+                  optimizer: str = "mixed", recipes: Optional[Dict[str, Recipe]] = None,
+                  depths: Optional[Sequence[int]] = (2, 4), verify: bool = True,
+                  log: Optional[Callable[[str], None]] = None) -> List[Dict[str, Any]]:
+    """prac-plan --measure: per recipe, the largest micro-batch whose measured step fits `budget_bytes`.
+
+    Probes `micro_batch` and twice it (the peak is affine in the batch); `depths` measures two shallow
+    copies of the model and extends the line to its depth (None: the whole model, slower). Rows are
+    sorted largest batch first.
+    """
+    recipes = RECIPES if recipes is None else recipes
     rows = []
     for name, recipe in recipes.items():
-        m = measure_peak(model, recipe, micro_batch, seq_len, optimizer)
-        rows.append({"setting": name, **m.to_dict()})
+        cache: Dict[int, int] = {}
+
+        def measure(batch: int) -> int:
+            if batch not in cache:
+                m = (measure_peak(model, recipe, batch, seq_len, optimizer) if depths is None else
+                     measure_peak_by_depth(model, recipe, batch, seq_len, optimizer, depths))
+                cache[batch] = m.worst_bytes
+            return cache[batch]
+
+        fit = largest_micro_batch(measure, budget_bytes, probes=(micro_batch, 2 * micro_batch), verify=verify)
+        rows.append({"setting": name, **fit})
         if log is not None:
-            log(f"{name}: peak {m.peak_bytes / 2**30:.2f} GiB")
-    return rows
+            log(f"{name}: largest micro-batch {fit['largest']}")
+    return sorted(rows, key=lambda r: -r["largest"])

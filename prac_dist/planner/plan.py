@@ -245,18 +245,37 @@ def _buffers(shape: ModelShape, engine: str, world: int, b: int) -> int:
     return 0
 
 
-def _transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
-    """The largest short-lived allocation of the step, on top of the saved activations."""
+def _layer_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
+    """One decoder layer's backward temporaries (the top layer's, beside every saved activation)."""
     d, f = shape.hidden, shape.ffn
-    head = _head_transient(shape, s, n, b)
-    width = max(d, f)
-    # One layer's backward: activation gradients (model dtype) and float32 temporaries of the
-    # norm/activation backward, about 2 x width each; plus, under PRAC, one decompressed input.
-    layer = n * width * (2 * b + 2 * 4) + (n * width * b if s.prac else 0)
+    if s.prac is None:
+        # Activation gradients (model dtype) and float32 temporaries of the norm/activation backward.
+        return n * max(d, f) * (2 * b + 2 * 4)
+    # PRAC's backward decompresses whole inputs: MemTracker measures 24·f + 18·d bytes per token at bf16
+    # (LLaMA-130M x 128 and LLaMA-1B x 64/128 x 256 agree to 0.1%; both have d/f = 0.375, so the split
+    # between f and d is one fit of two), 4·f more when norm/SwiGLU inputs are compressed (their float32
+    # decompression). Scaled by b/2 for other dtypes.
+    per_token = (24 * f + 18 * d) * b // 2 + (4 * f if s.prac.compress_nonlinear else 0)
+    return n * per_token
+
+
+def _phases(shape: ModelShape, s: Setting, n: int, b: int, acts: int, grads: int) -> Dict[str, int]:
+    """Activations, transient and gradients live at the step's peak (the largest of its phases).
+
+    end of forward: every activation and the loss head's temporaries, no gradient yet (zero_grad sets
+      them to None); top of backward: every activation, the top layer's backward temporaries and the
+      head's weight gradient; with checkpointing, bottom of backward: every gradient, the checkpointed
+      inputs, one recomputed layer and its backward temporaries.
+    """
+    head_grad = b * (shape.vocab * shape.hidden + shape.hidden)  # lm_head and final norm, first to finish
+    layer = _layer_transient(shape, s, n, b)
+    phases = {"forward": (acts, _head_transient(shape, s, n, b), 0), "backward": (acts, layer, head_grad)}
     if s.checkpointed_layers(shape.layers):
-        per_token = sum(layer_saved_bytes_per_token(shape, s, b).values())
-        layer += n * per_token  # one checkpointed layer's activations, live during its recompute
-    return max(head, layer)
+        recompute = n * sum(layer_saved_bytes_per_token(shape, s, b).values())
+        phases["bottom"] = (acts, layer + recompute, grads)  # checkpointed inputs are freed as backward goes
+    name = max(phases, key=lambda k: sum(phases[k]))
+    a, t, g = phases[name]
+    return {"activations": a, "transient": t, "grads": g, "phase": name}
 
 
 def _head_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
@@ -280,8 +299,8 @@ def _evaluate(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, eng
     acts = saved_bytes(shape, s, micro_batch, seq_len, b)
     n = micro_batch * seq_len
     comps = dict(_states(shape, engine, world, b, optimizer))
-    comps["activations"] = sum(acts.values())
-    comps["transient"] = _transient(shape, s, n, b)
+    live = _phases(shape, s, n, b, sum(acts.values()), comps["grads"])
+    comps.update(activations=live["activations"], transient=live["transient"], grads=live["grads"])
     comps["buffers"] = _buffers(shape, engine, world, b)
     peak = sum(comps.values())
     return PlanRow(setting=s, components=comps, activations=acts, peak_bytes=peak,
