@@ -97,6 +97,7 @@ def _save(data: dict, args_line: str) -> None:
 
 def _write(data: dict, args_line: str) -> None:
     fields = {k: v for k, v in data.items() if k not in ("benchmark", "environment")}
+    fields["sharded_fits"] = sharded_fits(data)
     fields.update(paper_gb={f"{m} x {b}": v for (m, b), v in PAPER_GB.items()}, not_measured=NOT_MEASURED,
                   seq_len=SEQ)
     write_result(OUT, "peak_memory", fields, command=args_line)  # each row names its own command too
@@ -137,6 +138,42 @@ def _fit(data: dict, model: str, optimizer: str, setting: str, batches: List[int
         _save(data, args_line)
 
 
+SHARDED_WORLD = 8
+
+
+def per_rank_sharded(row: dict, world: int = SHARDED_WORLD) -> int:
+    """A measured single-device step's peak as one rank of ZeRO-3 / FSDP2 over `world` ranks holds it:
+    parameters, gradients and optimizer state divided by the world, activations and temporaries as
+    measured, plus the gathered blocks (prac_dist.planner.plan's buffer formula: the running block and
+    the prefetched one, and the root's embedding and head). A formula on measured parts: no multi-rank
+    tracker run checks it."""
+    from prac_dist.models.shapes import PRESETS
+    from prac_dist.planner.plan import _buffers
+
+    p = row["parts"]
+    sharded = -(-(p["params"] + p["grads"] + p["optimizer"]) // world)
+    return sharded + p["activations"] + p["temporaries"] + p["buffers"] + p["other"] + \
+        _buffers(PRESETS[row["model"]], "fsdp2", world, 2)
+
+
+def sharded_fits(data: dict, model: str = "llama_7b") -> List[dict]:
+    """Largest micro-batch per rank at 80 / 40 GiB under ZeRO-3 / FSDP2 x 8, from the line of two batches."""
+    out = []
+    for (opt, setting) in sorted({(r["optimizer"], r["setting"]) for r in data["rows"] if r["model"] == model}):
+        rows = sorted((r for r in data["rows"] if (r["model"], r["optimizer"], r["setting"]) == (model, opt, setting)),
+                      key=lambda r: r["micro_batch"])[:2]
+        if len(rows) < 2:
+            continue
+        (b0, y0), (b1, y1) = ((r["micro_batch"], per_rank_sharded(r)) for r in rows)
+        slope = (y1 - y0) / (b1 - b0)
+        for budget in BUDGETS_GIB:
+            largest = max(0, int((budget * GIB - (y0 - slope * b0)) // slope))
+            out.append({"model": model, "optimizer": opt, "setting": setting, "world": SHARDED_WORLD,
+                        "budget_gib": budget, "largest": largest, "per_rank_bytes": {str(b0): y0, str(b1): y1},
+                        "method": "ZeRO-3/FSDP2 formula on the measured single-device parts (line of two batches)"})
+    return out
+
+
 def table(data: dict) -> str:
     lines = [f"{'model':<11} {'batch':>5} {'optim':<5} {'how':<3} {'setting':<34} {'peak GiB':>8} {'params':>6} {'grads':>6} "
              f"{'optim':>6} {'activ':>6} {'temp':>6} {'vs HF':>6} {'paper GB':>8}"]
@@ -163,6 +200,9 @@ def table(data: dict) -> str:
         for f in data["fits"]:
             lines.append(f"{f['model']:<11} {f['optimizer']:<5} {f['setting']:<34} {f['budget_gib']:>4} GiB "
                          f"{f['largest']:>20} {f['predicted']:>7}" + ("" if f["verified"] else "  (line only)"))
+    for f in data.get("sharded_fits", []):
+        lines.append(f"{f['model']:<11} {f['optimizer']:<5} {f['setting']:<34} {f['budget_gib']:>4} GiB "
+                     f"{f['largest']:>20}  per rank, ZeRO-3/FSDP2 x {f['world']}")
     return "\n".join(lines)
 
 
@@ -209,6 +249,8 @@ def main(argv=None) -> int:
                     help="measure A and B decoder layers and extend the line to the model's depth "
                          "(prac_dist.planner.measure.measure_peak_by_depth); default: the whole model")
     ap.add_argument("--plot", action="store_true")
+    ap.add_argument("--report", action="store_true",
+                    help="measure nothing: rewrite the file's derived fields, print the table (and --plot)")
     args = ap.parse_args(argv)
     unknown = [s for s in args.settings + (args.verify or []) if s not in RECIPES]
     if unknown:
@@ -217,6 +259,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--fit needs two --batches (got {args.batches})")
     args_line = command_line()
     data = _load()
+    if args.report:
+        _save(data, data["environment"]["command"])
+        print(table(data))
+        if args.plot:
+            plot(data, RESULTS / "peak_memory.png")
+        return 0
     for batch in args.batches:
         for opt in args.optimizers:
             for setting in args.settings:

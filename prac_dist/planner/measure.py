@@ -86,6 +86,8 @@ RECIPES: Dict[str, Recipe] = {
     "lean()": Recipe(prac=PRACConfig.lean()),
     "paper()": Recipe(prac=PRACConfig.paper()),
     "PRACConfig() + full checkpointing": Recipe(prac=PRACConfig(), checkpoint="full"),
+    # The head's other mode: PRACConfig()'s 'auto' stores from about d tokens on (every row here).
+    "PRACConfig(fused_loss='recompute')": Recipe(prac=PRACConfig(fused_loss="recompute")),
 }
 # torch.compile is not among them: TorchDynamo does not trace while a TorchDispatchMode (FakeTensorMode,
 # MemTracker) is active, so a compiled model runs eagerly here (checked: no frame captured, the peak of
