@@ -45,7 +45,7 @@ from prac_dist.loss.linear_cross_entropy import BACKWARDS, store_fits
 
 from prac_dist.models.shapes import ModelShape
 
-__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "linear_groups", "head_backward"]
+__all__ = ["Setting", "saved_bytes", "basis_bytes", "layer_saved_bytes_per_token", "linear_groups", "head_backward"]
 
 _STAT = 4  # float32 per-row norm statistic (rstd, mean)
 _INT64 = 8
@@ -207,6 +207,23 @@ def _head_per_token(shape: ModelShape, mode: Optional[str], b: int) -> int:
     if mode == "recompute":
         return b * shape.hidden + _INT64 + 4
     return b * shape.hidden + 4 * shape.vocab + _INT64
+
+
+def basis_bytes(shape: ModelShape, s: Setting) -> int:
+    """PRAC's bases, held from the first forward on: per projected input of width n, Q1 (n x r1), Q2
+    (n x r2) and their concatenation for the backward (n x (r1 + r2)), all float32: 8·n·(r1 + r2) bytes.
+    No activation (no micro-batch in it), but allocated by a forward, where MemTracker counts them."""
+    if s.prac is None:
+        return 0
+    widths = [(n, False) for n, m in linear_groups(shape) if storage_mode(s, n, m, nonlinear=False) == "project"]
+    if s.prac.compress_nonlinear and s.prac.nonlinear_storage == "project":
+        d, f = shape.hidden, shape.ffn
+        nonlinear = (d, d, f, f) if shape.family == "llama" else (d, d, f)  # 2 norms; SwiGLU g, u / GELU input
+        widths += [(n, True) for n in nonlinear]
+    per_layer = sum(8 * n * sum(s.prac.ranks(n, nl)) for n, nl in widths)
+    final = 8 * shape.hidden * sum(s.prac.ranks(shape.hidden, True)) if s.prac.compress_nonlinear and \
+        s.prac.nonlinear_storage == "project" else 0
+    return shape.layers * per_layer + final
 
 
 def saved_bytes(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b: int) -> Dict[str, int]:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from prac_dist.config import PRACConfig
 
-from .activations import Setting, head_backward, layer_saved_bytes_per_token, saved_bytes
+from .activations import Setting, basis_bytes, head_backward, layer_saved_bytes_per_token, saved_bytes
 from .flops import step_flops
 from prac_dist.models.shapes import PRESETS, ModelShape, get_shape, shape_from_config
 
@@ -259,20 +259,31 @@ def _layer_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
     return n * per_token
 
 
-def _phases(shape: ModelShape, s: Setting, n: int, b: int, acts: int, grads: int) -> Dict[str, int]:
+def _phases(shape: ModelShape, s: Setting, n: int, b: int, acts: Dict[str, int], states: Dict[str, int],
+            optimizer: str) -> Dict[str, int]:
     """Activations, transient and gradients live at the step's peak (the largest of its phases).
 
-    end of forward: every activation and the loss head's temporaries, no gradient yet (zero_grad sets
-      them to None); top of backward: every activation, the top layer's backward temporaries and the
-      head's weight gradient; with checkpointing, bottom of backward: every gradient, the checkpointed
-      inputs, one recomputed layer and its backward temporaries.
+    forward: every activation and the loss head's temporaries, no gradient yet (zero_grad sets them
+      to None; HF's head peaks here on its float32 logits);
+    backward: every activation, the top layer's backward temporaries (and its recompute when
+      checkpointed) and the head's weight gradient (PRAC peaks here);
+    bottom (checkpointing): every gradient, the first checkpointed input, one recomputed layer;
+    optimizer: every gradient, PRAC's bases and the update's temporaries ('mixed': the float32
+      gradient and denominator of the largest tensor; 'adamw' (foreach): one model-dtype copy of all).
     """
+    total = sum(acts.values())
     head_grad = b * (shape.vocab * shape.hidden + shape.hidden)  # lm_head and final norm, first to finish
     layer = _layer_transient(shape, s, n, b)
-    phases = {"forward": (acts, _head_transient(shape, s, n, b), 0), "backward": (acts, layer, head_grad)}
     if s.checkpointed_layers(shape.layers):
-        recompute = n * sum(layer_saved_bytes_per_token(shape, s, b).values())
-        phases["bottom"] = (acts, layer + recompute, grads)  # checkpointed inputs are freed as backward goes
+        layer += n * sum(layer_saved_bytes_per_token(shape, s, b).values())  # one layer recomputed
+    largest = shape.vocab * shape.hidden
+    update = 2 * 4 * largest if optimizer == "mixed" else states["params"]
+    phases = {"forward": (total, _head_transient(shape, s, n, b), 0), "backward": (total, layer, head_grad),
+              "optimizer": (acts.get("prac_bases", 0), update, states["grads"])}
+    ckpt = s.checkpointed_layers(shape.layers)
+    if ckpt:
+        freed = acts["checkpointed_inputs"] * (ckpt - 1) // ckpt
+        phases["bottom"] = (total - freed, layer, states["grads"])
     name = max(phases, key=lambda k: sum(phases[k]))
     a, t, g = phases[name]
     return {"activations": a, "transient": t, "grads": g, "phase": name}
@@ -297,9 +308,10 @@ def _head_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
 def _evaluate(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, engine: str, world: int,
               b: int, budget: int, optimizer: str = "mixed") -> PlanRow:
     acts = saved_bytes(shape, s, micro_batch, seq_len, b)
+    acts["prac_bases"] = basis_bytes(shape, s)  # held all step long, like the activations at their peak
     n = micro_batch * seq_len
     comps = dict(_states(shape, engine, world, b, optimizer))
-    live = _phases(shape, s, n, b, sum(acts.values()), comps["grads"])
+    live = _phases(shape, s, n, b, acts, comps, optimizer)
     comps.update(activations=live["activations"], transient=live["transient"], grads=live["grads"])
     comps["buffers"] = _buffers(shape, engine, world, b)
     peak = sum(comps.values())

@@ -72,9 +72,9 @@ def test_bad_input_names_the_field():
         measure_peak_by_depth(TINY, RECIPES["HF"], 1, 8, depths=(2, 2))
 
 
-# paper() at LLaMA-1B: the tracker holds 28.0 GiB of activations where the saved-tensor count (and the
-# planner) has 15.0; at LLaMA-130M the gap is 0.7 GiB. Left out of the 5% bar until it is explained.
-_NOT_HELD = {("llama_1b", "paper()"), ("llama_130m", "paper()")}
+# paper() at LLaMA-1B: the tracker holds 4 GiB (x 64) more than saved activations + bases + the measured
+# transient predict (-10.6%; -6.9% at x 128; -0.9% at LLaMA-130M). Left out of the 5% bar until explained.
+_NOT_HELD = {("llama_1b", "paper()")}
 
 
 def _rows():
@@ -89,9 +89,10 @@ def test_planner_peak_within_5_percent_of_measured(row):
     pred = _evaluate(PRESETS[row["model"]], setting, row["micro_batch"], row["seq_len"], "single", 1, 2, 80 * GIB,
                      row["optimizer"])
     assert abs(pred.peak_bytes - row["peak_bytes"]) <= 0.05 * row["peak_bytes"], (pred.components, row["parts"])
-    live = pred.components["activations"] + pred.components["transient"]
-    measured = row["parts"]["activations"] + row["parts"]["temporaries"]
-    assert abs(live - measured) <= 0.05 * measured + 0.05 * GIB, (pred.components, row["parts"])
+    if row["model"] in ("llama_130m", "llama_1b"):  # these peak in forward/backward, not in the update
+        live = pred.components["activations"] + pred.components["transient"]
+        measured = row["parts"]["activations"] + row["parts"]["temporaries"]
+        assert abs(live - measured) <= 0.05 * measured + 0.05 * GIB, (pred.components, row["parts"])
 
 
 def test_prac_plan_measures_a_users_config(tmp_path, capsys):
