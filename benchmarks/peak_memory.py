@@ -157,11 +157,15 @@ def per_rank_sharded(row: dict, world: int = SHARDED_WORLD) -> int:
 
 
 def sharded_fits(data: dict, model: str = "llama_7b") -> List[dict]:
-    """Largest micro-batch per rank at 80 / 40 GiB under ZeRO-3 / FSDP2 x 8, from the line of two batches."""
+    """Largest micro-batch per rank at 80 / 40 GiB under ZeRO-3 / FSDP2 x 8, from the line of two batches.
+
+    Only rows whose single-device peak falls in forward or backward (not every gradient live: the
+    optimizer step's peak does not grow with the batch, and a line through it would not either); the
+    two largest such batches."""
     out = []
     for (opt, setting) in sorted({(r["optimizer"], r["setting"]) for r in data["rows"] if r["model"] == model}):
-        rows = sorted((r for r in data["rows"] if (r["model"], r["optimizer"], r["setting"]) == (model, opt, setting)),
-                      key=lambda r: r["micro_batch"])[:2]
+        rows = sorted((r for r in data["rows"] if (r["model"], r["optimizer"], r["setting"]) == (model, opt, setting)
+                       and 2 * r["parts"]["grads"] < r["parts"]["params"]), key=lambda r: r["micro_batch"])[-2:]
         if len(rows) < 2:
             continue
         (b0, y0), (b1, y1) = ((r["micro_batch"], per_rank_sharded(r)) for r in rows)

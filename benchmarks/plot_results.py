@@ -212,6 +212,14 @@ def peak_memory_tables(res: Optional[dict]) -> List[str]:
         for f in sorted(res["fits"], key=lambda f: (f["model"], f["optimizer"], -f["budget_gib"], f["setting"])):
             out.append(f"| {f['model']} | {f['optimizer']} | {f['setting']} | {f['budget_gib']} | {f['largest']} | "
                        f"{f['predicted']} | {'yes' if f['verified'] else 'no'} |")
+    if res.get("sharded_fits"):
+        out += ["", "Per rank under ZeRO-3 / FSDP2 (parameters, gradients and optimizer state divided by the ranks, "
+                "plus the gathered blocks; a formula on the measured parts, not a multi-rank run):", "",
+                "| model | optimizer | setting | ranks | budget GiB | largest micro-batch per rank |",
+                "|---|---|---|---|---|---|"]
+        for f in res["sharded_fits"]:
+            out.append(f"| {f['model']} | {f['optimizer']} | {f['setting']} | {f['world']} | {f['budget_gib']} | "
+                       f"{f['largest']} |")
     out += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in res.get("not_measured", {}).items()), "",
             "![peak memory](../benchmarks/results/peak_memory.png)", ""]
     return out
@@ -227,7 +235,24 @@ def render_headline() -> str:
     if peak is None:
         raise SystemExit("benchmarks/results/peak_memory.json is missing: run python -m benchmarks.peak_memory")
     return "\n".join([HEAD_BEGIN, ""] + headline_table(peak, _load("compute_1b.json"),
-                                                       _load("convergence_presets.json")) + ["", HEAD_END])
+                                                       _load("convergence_presets.json")) + [""]
+                     + headline_sentences(peak) + ["", HEAD_END])
+
+
+def headline_sentences(peak: dict) -> List[str]:
+    out = []
+    hf, prac = _fit(peak, "HF", 80), _fit(peak, "PRACConfig()", 80)
+    if hf != "-" and prac != "-":
+        ratio = int(prac.split()[0]) / int(hf.split()[0])
+        out.append(f"**LLaMA-1B on an 80 GiB GPU fits micro-batch {prac} x 256 with `PRACConfig()` where Hugging "
+                   f"Face stops at {hf}: {ratio:.2f}x the batch.**")
+    sharded = {(f["setting"], f["budget_gib"]): f for f in peak.get("sharded_fits", [])
+               if f["model"] == "llama_7b" and f["optimizer"] == "mixed"}
+    if ("HF", 80) in sharded and ("PRACConfig()", 80) in sharded:
+        out.append(f"LLaMA-7B under ZeRO-3 / FSDP2 on 8 x 80 GiB, float32 master weights: micro-batch "
+                   f"{sharded[('PRACConfig()', 80)]['largest']} per rank with `PRACConfig()`, "
+                   f"{sharded[('HF', 80)]['largest']} with HF (measured parts, sharded by formula).")
+    return out
 
 
 def render() -> str:
