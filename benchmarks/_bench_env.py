@@ -3,10 +3,12 @@
     {
       "benchmark": "storage_bits",            # the script's name (benchmarks/<name>.py)
       "environment": {                        # where the numbers were measured
+        "commit": "794f885…", "dirty": [],    # required: the git commit measured, and files changed from it
+        "command": "python -m benchmarks.storage_bits --steps 300",   # required: how to rerun it
         "cpu": "AMD EPYC", "cpu_count": 2,    # required: the CPU (model name, else the architecture)
         "gpu": null,                          # required: the GPU's name, or null when none was used
-        "torch": "2.13.0+cpu", "python": "3.11.7",   # required
-        ... optional: torch_threads, triton, transformers, deepspeed, cuda, driver, gpu_memory_gib, note
+        "torch": "2.13.0+cpu", "transformers": "5.25.0", "python": "3.11.7",   # required
+        ... optional: torch_threads, triton, deepspeed, cuda, driver, gpu_memory_gib, note
       },
       ... the benchmark's own fields (rows, args, seconds, command, ...)
     }
@@ -30,14 +32,41 @@ import torch
 __all__ = ["environment", "write_result", "check_result", "REQUIRED_ENVIRONMENT"]
 
 # Field -> accepted types; None in the tuple means the field may be null.
-REQUIRED_ENVIRONMENT = {"cpu": (str,), "cpu_count": (int, type(None)), "gpu": (str, type(None)),
-                        "torch": (str,), "python": (str,)}
+REQUIRED_ENVIRONMENT = {"commit": (str,), "dirty": (list,), "command": (str,), "cpu": (str,),
+                        "cpu_count": (int, type(None)), "gpu": (str, type(None)), "torch": (str,),
+                        "transformers": (str, type(None)), "python": (str,)}
 # Versions recorded when the benchmark already imported them (importing deepspeed just to ask costs ~5 s).
-_OPTIONAL_PACKAGES = ("triton", "transformers", "deepspeed", "prac_dist")
+_OPTIONAL_PACKAGES = ("triton", "deepspeed", "prac_dist")
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout
+
+
+def command_line() -> str:
+    """How this process was started, as a user reruns it: `python -m benchmarks.<name> args...`."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    head = f"python -m {spec.name}" if spec is not None and spec.name else f"python {sys.argv[0]}"
+    return " ".join([head] + [a if a and all(c.isalnum() or c in "-_=./:,+" for c in a) else repr(a)
+                              for a in sys.argv[1:]])
+
+
+def provenance() -> dict:
+    """The commit measured and the files of prac_dist/ and benchmarks/ that differ from it (uncommitted)."""
+    try:
+        commit = _git("rev-parse", "HEAD").strip()
+        dirty = [line[3:] for line in _git("status", "--porcelain", "--", "prac_dist", "benchmarks").splitlines()
+                 if not line[3:].startswith("benchmarks/results/")]
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", []
+    return {"commit": commit or "unknown", "dirty": dirty}
 
 
 def environment(**extra: Any) -> dict:
-    """The machine and software of this process; `extra` adds fields (e.g. note='loaded machine')."""
+    """The machine, software, commit and command of this process; `extra` adds or overrides fields
+    (e.g. note='loaded machine', command=... for a result that several commands wrote)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -45,6 +74,8 @@ def environment(**extra: Any) -> dict:
     except (OSError, StopIteration):
         pass
     env: Dict[str, Any] = {
+        **provenance(),
+        "command": command_line(),
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -56,6 +87,12 @@ def environment(**extra: Any) -> dict:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu_count=torch.cuda.device_count(), gpu_memory_gib=props.total_memory / 2**30,
                    cuda=torch.version.cuda, driver=_nvidia_driver())
+    try:
+        import transformers  # cheap beside torch, and every model-level number depends on it
+
+        env["transformers"] = transformers.__version__
+    except ImportError:
+        env["transformers"] = None
     for name in _OPTIONAL_PACKAGES:
         module = sys.modules.get(name)
         if name == "triton" and module is None:

@@ -40,7 +40,8 @@ from prac_dist import PRACConfig, apply_prac
 from prac_dist import step as prac_step
 from prac_dist.loss import install_fused_loss
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.planner.presets import PRESETS, build_model
+from prac_dist.models.shapes import PRESETS, build_model
+from prac_dist.planner.measure import SAVED_OPS
 
 from benchmarks._bench_env import write_result  # noqa: E402
 
@@ -81,15 +82,7 @@ def decomposition_flops() -> Dict[object, Callable]:
 
 # ---- settings --------------------------------------------------------------------------------
 
-# Selective checkpointing ("op" mode in torchtitan's terms): keep matmul and attention outputs,
-# recompute the cheap elementwise ops (norms, SiLU, products, rotary) in backward.
-SAVED_OPS = {aten.mm.default, aten.addmm.default, aten.bmm.default,
-             aten._scaled_dot_product_flash_attention_for_cpu.default,
-             aten._scaled_dot_product_efficient_attention.default,
-             aten._scaled_dot_product_flash_attention.default,
-             aten._scaled_dot_product_cudnn_attention.default}
-
-
+# Selective checkpointing ("op" mode in torchtitan's terms): prac_dist.planner.measure.SAVED_OPS.
 class SelectiveCache:
     """A context_fn for torch.utils.checkpoint that saves SAVED_OPS outputs and counts their bytes."""
 

@@ -23,7 +23,7 @@ import prac_dist
 from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.planner.presets import PRESETS, build_model
+from prac_dist.models.shapes import PRESETS, build_model
 
 from benchmarks._bench_env import write_result  # noqa: E402
 

@@ -22,7 +22,7 @@ import torch
 
 from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.planner.presets import hf_config
+from prac_dist.models.shapes import hf_config
 from prac_dist.train.models import PRESETS
 
 from benchmarks._bench_env import write_result  # noqa: E402

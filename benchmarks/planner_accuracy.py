@@ -103,7 +103,7 @@ def _rows(name: str, model, x: torch.Tensor, cases: List[Tuple[str, Case]]) -> L
         s = setting_of(case)
         rows.append({"model": name, "batch": batch, "seq": seq, "setting": label, "planner_label": s.label(),
                      "prac_config": case.to_dict() if isinstance(case, PRACConfig) else {},
-                     "fused_loss": s.fused_loss, "head_backward": head_backward(shape, s, batch * seq, 2),
+                     "fused_loss": s.fused_loss_backward, "head_backward": head_backward(shape, s, batch * seq, 2),
                      "measured_bytes": got, "predicted_bytes": want, "relative_error": err})
         print(f"{name:<11} {batch * seq:>6} {label:<36} {got / 2**20:>12.2f} {want / 2**20:>13.2f} {err:>+8.3%}",
               flush=True)

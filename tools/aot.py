@@ -40,8 +40,8 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PTR = {torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.int8: "*i8",
         torch.int32: "*i32", torch.int64: "*i64"}
 _OPTIONS = ("num_warps", "num_stages", "num_ctas")  # launch keywords that are compile options, not arguments
-# (hidden, ffn) of the planner's LLaMA presets (prac_dist/planner/presets.py; kernels/ may not import
-# planner/, so tests/kernels/test_aot.py checks these agree with it).
+# (hidden, ffn) of the LLaMA shapes in prac_dist/models/shapes.py (tests/kernels/test_aot.py checks
+# these agree with it).
 LAYER_SHAPES: Dict[str, Tuple[int, int]] = {"llama_130m": (768, 2048), "llama_1b": (2048, 5461),
                                              "llama_7b": (4096, 11008)}
 _EPS = 1e-6
@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      allow_abbrev=False)
     parser.add_argument("--arch", default="80,90", help="compute capabilities, e.g. 80,90 (accepted: "
                         f"{','.join(map(str, MAX_SHARED_BYTES))})")
-    parser.add_argument("--shapes", default=",".join(LAYER_SHAPES), help="LLaMA layer shapes (planner presets)")
+    parser.add_argument("--shapes", default=",".join(LAYER_SHAPES), help="LLaMA layer shapes (model registry shapes)")
     parser.add_argument("--dtypes", default="fp32,bf16,fp16")
     parser.add_argument("--tokens", type=int, default=4096,
                         help="rows per launch (block sizes stop depending on it from 4096 up)")

@@ -2,7 +2,7 @@
 
 Every part reads it: patching (linear groups, norm, MLP, attention-output linears), the fused loss
 (`causal_lm`, `fused_loss`), the planner (`shape`), FSDP wrapping (`layers_path`) and the prac-train
-presets (built through the planner's shapes). A family missing from one part is a missing field here,
+presets (built from prac_dist.models.shapes). A family missing from one part is a missing field here,
 and tests/patching/test_registry.py builds every entry and checks each part against it.
 Decoders outside this table are patched by structural discovery (prac_dist.patching.discover).
 This module imports nothing from prac_dist: any folder may read it.

@@ -2,7 +2,7 @@
 
 from .activations import Setting, saved_bytes
 from .plan import Plan, PlanRow, plan
-from .presets import PRESETS, ModelShape, build_model, shape_from_config
+from prac_dist.models.shapes import PRESETS, ModelShape, build_model, shape_from_config
 
 __all__ = ["plan", "Plan", "PlanRow", "Setting", "saved_bytes", "ModelShape", "PRESETS", "shape_from_config",
            "build_model"]

@@ -36,20 +36,16 @@ A checkpointed layer keeps only its input (bd) until its recompute.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Union
+from typing import Dict, Optional, Union
 
-from prac_dist.config import fused_loss_backward
+from prac_dist.config import PRACConfig, fused_loss_backward
 from prac_dist.core.cost import linear_storage_mode, stored_bytes_per_token
 from prac_dist.loss.linear_cross_entropy import BACKWARDS, store_fits
 
-from .presets import ModelShape
+from prac_dist.models.shapes import ModelShape
 
-if TYPE_CHECKING:
-    from prac_dist.config import PRACConfig
-
-__all__ = ["Setting", "saved_bytes", "layer_saved_bytes_per_token", "ranks", "linear_groups", "head_backward"]
+__all__ = ["Setting", "saved_bytes", "basis_bytes", "layer_saved_bytes_per_token", "linear_groups", "head_backward"]
 
 _STAT = 4  # float32 per-row norm statistic (rstd, mean)
 _INT64 = 8
@@ -57,21 +53,14 @@ _INT64 = 8
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the plan: what to compress and which layers to checkpoint."""
+    """One row of the plan: the PRACConfig that apply_prac installs (None: the exact model), the loss head
+    of an exact model, and which layers to checkpoint. Every PRAC field is read from the config."""
 
-    prac: bool = False
-    principal_ratio: float = 0.3
-    random_ratio: float = 0.3
-    nonlinear_principal_ratio: float = 0.2
-    nonlinear_random_ratio: float = 0.2
-    compress_nonlinear: bool = True
-    storage_bits: int = 8
-    linear_storage: str = "auto"
-    """PRACConfig.linear_storage: 'auto' (project q/k/v and gate/up, int8 elsewhere), 'project' or 'int8'."""
-    nonlinear_storage: str = "int8"
-    """PRACConfig.nonlinear_storage; 'project' is the paper's method (PRACConfig.paper(): T1 = 500, exact eigh)."""
+    prac: Optional[PRACConfig] = None
+    """apply_prac(model, prac); its fused_loss decides the head. None: no compression."""
     fused_loss: Union[bool, str] = False
-    """PRACConfig.fused_loss: False (HF's head), True or 'auto' (store when store_fits), 'store', 'recompute'."""
+    """Without PRAC: False (HF's head), True or 'auto' (store when store_fits), 'store', 'recompute'
+    (prac_dist.loss.install_fused_loss). With PRAC it stays False: the config's fused_loss is the head."""
     checkpoint_every: int = 0
     """0: no activation checkpointing; k: checkpoint layers 0, k, 2k, ... (k = 1: all)."""
 
@@ -79,20 +68,27 @@ class Setting:
         if self.fused_loss not in (False, True) + BACKWARDS:
             raise ValueError(f"Setting.fused_loss={self.fused_loss!r}: accepted is false, true or one of "
                              f"{list(BACKWARDS)}")
+        if self.prac is not None:
+            if not isinstance(self.prac, PRACConfig):
+                raise ValueError(f"Setting.prac={self.prac!r}: accepted is None or a PRACConfig")
+            if self.fused_loss is not False:
+                raise ValueError(f"Setting.fused_loss={self.fused_loss!r} with a PRACConfig: accepted is false "
+                                 f"(the head is PRACConfig.fused_loss={self.prac.fused_loss!r})")
+            if self.prac.target_modules is not None:
+                raise ValueError(f"PRACConfig.target_modules={list(self.prac.target_modules)!r}: the planner models "
+                                 f"the architecture table's linears; accepted is None")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(f"Setting.checkpoint_every={self.checkpoint_every!r}: accepted is an integer >= 0")
 
     @classmethod
-    def from_config(cls, config: "PRACConfig", checkpoint_every: int = 0) -> "Setting":
-        """The setting of apply_prac(model, config): its storage fields, ratios and loss head."""
-        if config.target_modules is not None:
-            raise ValueError(f"PRACConfig.target_modules={list(config.target_modules)!r}: the planner models the "
-                             f"architecture table's linears; accepted is None")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"prac", "checkpoint_every"}
-        return cls(prac=True, checkpoint_every=checkpoint_every, **{k: getattr(config, k) for k in fields})
+    def from_config(cls, config: PRACConfig, checkpoint_every: int = 0) -> "Setting":
+        """The setting of apply_prac(model, config)."""
+        return cls(prac=config, checkpoint_every=checkpoint_every)
 
     @property
     def fused_loss_backward(self) -> Optional[str]:
         """The installed head's `backward=` mode, None for HF's head (the rule PRACConfig applies)."""
-        return fused_loss_backward(self.fused_loss)
+        return self.prac.fused_loss_backward if self.prac is not None else fused_loss_backward(self.fused_loss)
 
     def checkpointed_layers(self, layers: int) -> int:
         if self.checkpoint_every <= 0:
@@ -101,23 +97,25 @@ class Setting:
 
     def label(self) -> str:
         parts = []
-        if self.prac:
-            parts.append(f"PRAC {self.principal_ratio:g}/{self.random_ratio:g}")
-            if self.linear_storage != "auto":
-                parts.append(f"linear {self.linear_storage}")
-            if not self.compress_nonlinear:
+        c = self.prac
+        if c is not None:
+            parts.append(f"PRAC {c.principal_ratio:g}/{c.random_ratio:g}")
+            if c.linear_storage != "auto":
+                parts.append(f"linear {c.linear_storage}")
+            if not c.compress_nonlinear:
                 parts.append("nl exact")
-            elif self.nonlinear_storage == "project":
-                parts.append(f"nl {self.nonlinear_principal_ratio:g}/{self.nonlinear_random_ratio:g}")
+            elif c.nonlinear_storage == "project":
+                parts.append(f"nl {c.nonlinear_principal_ratio:g}/{c.nonlinear_random_ratio:g}")
             else:
                 parts.append("nl int8")
-            parts.append(f"Z {self.storage_bits}-bit")
+            parts.append(f"Z {c.storage_bits}-bit")
         else:
             parts.append("baseline")
-        if self.fused_loss is True or self.fused_loss == "auto":
+        mode = self.fused_loss_backward
+        if mode == "auto":
             parts.append("fused loss")
-        elif self.fused_loss:
-            parts.append(f"fused loss {self.fused_loss}")
+        elif mode:
+            parts.append(f"fused loss {mode}")
         if self.checkpoint_every == 1:
             parts.append("ckpt all")
         elif self.checkpoint_every > 1:
@@ -125,25 +123,12 @@ class Setting:
         return ", ".join(parts)
 
     def prac_config_dict(self) -> Dict[str, object]:
-        """The PRACConfig fields of this setting (empty for the baseline)."""
-        if not self.prac:
+        """The PRACConfig fields that differ from PRACConfig() (empty for the baseline; {} plus nothing
+        when the config is the default: check `prac is not None`)."""
+        if self.prac is None:
             return {}
-        out = {"principal_ratio": self.principal_ratio, "random_ratio": self.random_ratio,
-               "nonlinear_principal_ratio": self.nonlinear_principal_ratio,
-               "nonlinear_random_ratio": self.nonlinear_random_ratio,
-               "compress_nonlinear": self.compress_nonlinear, "storage_bits": self.storage_bits,
-               "linear_storage": self.linear_storage, "nonlinear_storage": self.nonlinear_storage,
-               "fused_loss": self.fused_loss}
-        if self.compress_nonlinear and self.nonlinear_storage == "project":
-            # The paper's schedule (T1 = 500, exact eigh, for every basis). PRACConfig.paper() re-solves the
-            # norm/SwiGLU bases every step instead (randomized): the planner does not model that refresh.
-            out.update(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact")
-        return out
-
-
-def ranks(n: int, principal: float, random: float) -> int:
-    """r1 + r2 exactly as PRACConfig.ranks computes them (floor, with the same epsilon)."""
-    return int(principal * n + 1e-9) + int(random * n + 1e-9)
+        default = PRACConfig().to_dict()
+        return {k: v for k, v in self.prac.to_dict().items() if default[k] != v}
 
 
 def linear_groups(shape: ModelShape):
@@ -160,20 +145,19 @@ def linear_groups(shape: ModelShape):
 def storage_mode(s: Setting, n: int, m: int, nonlinear: bool) -> str:
     """'project' or 'int8': what apply_prac stores for this input (prac_dist.core.cost decides)."""
     if nonlinear:
-        return s.nonlinear_storage
-    return linear_storage_mode(s.linear_storage, n, m, ranks(n, s.principal_ratio, s.random_ratio))
+        return s.prac.nonlinear_storage
+    return linear_storage_mode(s.prac.linear_storage, n, m, sum(s.prac.ranks(n)))
 
 
 def _z(n: int, s: Setting, b: int, nonlinear: bool, m: int = 0) -> int:
     """Bytes per token of a compressed width-n input (m: a linear group's total output width)."""
-    r = ranks(n, s.nonlinear_principal_ratio, s.nonlinear_random_ratio) if nonlinear else \
-        ranks(n, s.principal_ratio, s.random_ratio)
-    return stored_bytes_per_token(storage_mode(s, n, m, nonlinear), n, r, s.storage_bits, b)
+    r = sum(s.prac.ranks(n, nonlinear))
+    return stored_bytes_per_token(storage_mode(s, n, m, nonlinear), n, r, s.prac.storage_bits, b)
 
 
 def _nl(n: int, s: Setting, b: int) -> int:
     """Bytes per token of a nonlinear layer's saved input under PRAC."""
-    return _z(n, s, b, nonlinear=True) if s.compress_nonlinear else n * b
+    return _z(n, s, b, nonlinear=True) if s.prac.compress_nonlinear else n * b
 
 
 def layer_saved_bytes_per_token(shape: ModelShape, s: Setting, b: int) -> Dict[str, int]:
@@ -225,6 +209,23 @@ def _head_per_token(shape: ModelShape, mode: Optional[str], b: int) -> int:
     return b * shape.hidden + 4 * shape.vocab + _INT64
 
 
+def basis_bytes(shape: ModelShape, s: Setting) -> int:
+    """PRAC's bases, held from the first forward on: per projected input of width n, Q1 (n x r1), Q2
+    (n x r2) and their concatenation for the backward (n x (r1 + r2)), all float32: 8·n·(r1 + r2) bytes.
+    No activation (no micro-batch in it), but allocated by a forward, where MemTracker counts them."""
+    if s.prac is None:
+        return 0
+    widths = [(n, False) for n, m in linear_groups(shape) if storage_mode(s, n, m, nonlinear=False) == "project"]
+    if s.prac.compress_nonlinear and s.prac.nonlinear_storage == "project":
+        d, f = shape.hidden, shape.ffn
+        nonlinear = (d, d, f, f) if shape.family == "llama" else (d, d, f)  # 2 norms; SwiGLU g, u / GELU input
+        widths += [(n, True) for n in nonlinear]
+    per_layer = sum(8 * n * sum(s.prac.ranks(n, nl)) for n, nl in widths)
+    final = 8 * shape.hidden * sum(s.prac.ranks(shape.hidden, True)) if s.prac.compress_nonlinear and \
+        s.prac.nonlinear_storage == "project" else 0
+    return shape.layers * per_layer + final
+
+
 def saved_bytes(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b: int) -> Dict[str, int]:
     """Total bytes saved for backward by one forward + loss of a micro-batch, by component."""
     n = micro_batch * seq_len
@@ -246,7 +247,7 @@ def saved_bytes(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b
         out["constant"] = 2 * seq_len * (shape.hidden // shape.heads) * b if plain else 0
     else:
         out["constant"] = _INT64 * seq_len
-    out["constant"] += _INT64 if s.fused_loss else 4
+    out["constant"] += _INT64 if s.fused_loss_backward else 4
     if micro_batch == 1 and mode != "store":
         # The saved shifted labels are a view of the padded (seq + 1)-long ones: one row's slice is
         # contiguous, so neither HF's .contiguous() nor the fused head's reshape copies it.

@@ -10,7 +10,8 @@ attention, plus QR 2mn² and eigh 9n³), so the two can be held to each other (t
   PRAC            per linear group, prac_dist.core.cost: projection_extra_flops where it projects
                   (int8 storage adds no matmul); a projected nonlinear input (nonlinear_storage=
                   'project') adds Z = X·Q forward and X~ = Z·Qᵀ backward (4·N·n·r); each projected
-                  basis's refresh (cost.refresh_flops) once per T1 = 500 steps, amortised
+                  basis's refresh (cost.refresh_flops) once per T1 steps of its PRACConfig interval
+                  (principal_update_interval; nonlinear_principal_update_interval), amortised
   head            6·N·d·V for HF's head and the fused loss's backward='store'; 8·N·d·V when the
                   fused loss recomputes the logits ('recompute'; 'auto' where store_fits says no)
 """
@@ -22,17 +23,9 @@ from typing import Dict
 from prac_dist.core.cost import projection_extra_flops, refresh_flops
 
 from .activations import Setting, head_backward, linear_groups, storage_mode
-from .presets import ModelShape
+from prac_dist.models.shapes import ModelShape
 
-__all__ = ["step_flops", "REFRESH_INTERVAL"]
-
-REFRESH_INTERVAL = 500  # PRACConfig.principal_update_interval (and paper()'s nonlinear one)
-
-
-def _basis(n: int, s: Setting, nonlinear: bool):
-    if nonlinear:
-        return int(s.nonlinear_principal_ratio * n + 1e-9), int(s.nonlinear_random_ratio * n + 1e-9)
-    return int(s.principal_ratio * n + 1e-9), int(s.random_ratio * n + 1e-9)
+__all__ = ["step_flops"]
 
 
 def _nonlinear_inputs(shape: ModelShape):
@@ -43,21 +36,30 @@ def _nonlinear_inputs(shape: ModelShape):
 
 def _prac_layer(shape: ModelShape, s: Setting, tokens: int) -> Dict[str, int]:
     """Extra FLOPs PRAC adds to one layer per step, their forward part (Z = X·Q, what a checkpointed
-    layer's recompute repeats) and its refreshes (once per T1 steps)."""
-    extra = again = refresh = 0
+    layer's recompute repeats), its refreshes (all bases due) and those per step (each over its interval)."""
+    c = s.prac
+    extra = again = refresh = per_step = 0
     for n, m in linear_groups(shape):
         if storage_mode(s, n, m, nonlinear=False) == "project":
-            r1, r2 = _basis(n, s, False)
+            r1, r2 = c.ranks(n)
             extra += projection_extra_flops(tokens, n, m, r1 + r2)
             again += 2 * tokens * n * (r1 + r2)
-            refresh += refresh_flops(tokens, n, r1, r2)
-    if s.compress_nonlinear and s.nonlinear_storage == "project":
+            one = refresh_flops(tokens, n, r1, r2)
+            refresh += one
+            per_step += one / c.principal_update_interval
+    if _projects_nonlinear(s):
         for n in _nonlinear_inputs(shape):
-            r1, r2 = _basis(n, s, True)
+            r1, r2 = c.ranks(n, nonlinear=True)
             extra += 4 * tokens * n * (r1 + r2)
             again += 2 * tokens * n * (r1 + r2)
-            refresh += refresh_flops(tokens, n, r1, r2)
-    return {"extra": extra, "again": again, "refresh": refresh}
+            one = refresh_flops(tokens, n, r1, r2)
+            refresh += one
+            per_step += one / c.nonlinear_principal_update_interval
+    return {"extra": extra, "again": again, "refresh": refresh, "refresh_per_step": per_step}
+
+
+def _projects_nonlinear(s: Setting) -> bool:
+    return s.prac.compress_nonlinear and s.prac.nonlinear_storage == "project"
 
 
 def _layer_forward(shape: ModelShape, batch: int, seq: int) -> int:
@@ -84,7 +86,7 @@ def step_flops(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b:
     ckpt = s.checkpointed_layers(shape.layers)
     last_linear = 2 * n * f * d  # down_proj / c_proj: not recomputed
     decoder = shape.layers * layer + ckpt * (forward - last_linear)
-    refresh = 0
+    refresh = amortised = 0
     head = 6 * n * d * v
     if head_backward(shape, s, n, b) == "recompute":
         head = 8 * n * d * v
@@ -93,10 +95,11 @@ def step_flops(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, b:
         # A checkpointed layer projects its inputs again in the recompute.
         decoder += shape.layers * extra["extra"] + ckpt * extra["again"]
         refresh = shape.layers * extra["refresh"]
-        if s.compress_nonlinear and s.nonlinear_storage == "project":  # the final norm's input
-            r1, r2 = _basis(d, s, True)
+        amortised = shape.layers * extra["refresh_per_step"]
+        if _projects_nonlinear(s):  # the final norm's input
+            r1, r2 = s.prac.ranks(d, nonlinear=True)
             head += 4 * n * d * (r1 + r2)
             refresh += refresh_flops(n, d, r1, r2)
-    amortised = refresh / REFRESH_INTERVAL
+            amortised += refresh_flops(n, d, r1, r2) / s.prac.nonlinear_principal_update_interval
     return {"decoder": decoder, "head": head, "refresh": refresh, "refresh_per_step": amortised,
             "total": decoder + head + amortised}

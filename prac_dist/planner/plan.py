@@ -18,13 +18,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .activations import Setting, head_backward, layer_saved_bytes_per_token, saved_bytes
-from .flops import step_flops
-from .presets import PRESETS, ModelShape, get_shape, shape_from_config
+from prac_dist.config import PRACConfig
 
-__all__ = ["plan", "Plan", "PlanRow", "ENGINES", "DTYPES", "candidate_settings", "family"]
+from .activations import Setting, basis_bytes, head_backward, layer_saved_bytes_per_token, saved_bytes
+from .flops import step_flops
+from prac_dist.models.shapes import PRESETS, ModelShape, get_shape, shape_from_config
+
+__all__ = ["plan", "Plan", "PlanRow", "ENGINES", "OPTIMIZERS", "DTYPES", "candidate_settings", "family"]
 
 ENGINES = ("single", "zero1", "zero2", "zero3", "fsdp2")
+# 'mixed': float32 master weights and AdamW moments (DeepSpeed's and FSDP2's usual setting);
+# 'adamw': AdamW on the model-dtype weights, moments in that dtype (the PRAC paper's GPU runs).
+OPTIMIZERS = ("mixed", "adamw")
 DTYPES = {"bfloat16": 2, "float16": 2, "float32": 4}
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 
@@ -110,8 +115,8 @@ class Plan:
         else:
             out.append("      why: no fitting setting costs fewer FLOPs per step (at or under the baseline's count they "
                        "tie); among those, least gradient variance (exact first, then higher ratios), then peak")
-        cfg = p.setting.prac_config_dict()
-        if cfg:
+        if p.setting.prac is not None:
+            cfg = p.setting.prac_config_dict()
             out.append("      PRACConfig(" + ", ".join(f"{k}={v!r}" for k, v in cfg.items()) + ")")
         elif p.setting.fused_loss:
             mode = p.setting.fused_loss_backward
@@ -134,7 +139,7 @@ _LEGEND = [
     "columns: params/grads/optim = model states per rank; activ = bytes saved for backward; trans = the largest",
     "  backward transient; buffers = engine buffers (gathered params, gradient bucket); peak = their sum (GiB);",
     "  TFLOP = one training step of the micro-batch (forward, loss, backward, recompute, PRAC projections and",
-    "  refreshes amortised over T1 = 500); compute = TFLOP / the baseline's (1.000x = no extra compute).",
+    "  refreshes amortised over their PRACConfig intervals); compute = TFLOP / the baseline's (1.000x = no extra compute).",
     "  nl = norm/SwiGLU/GELU inputs (int8, exact, or projected as in PRACConfig.paper()); Z = bits of a stored",
     "  projection; fused loss = chunked head that never stores the logits; ckpt = activation checkpointing.",
 ]
@@ -143,15 +148,16 @@ _FAMILY_NOTE = "rows: each family's fastest fitting setting (smallest peak when 
 
 def family(s: Setting) -> str:
     """The family a setting belongs to in the default view: method, Z bits, loss head."""
-    if not s.prac:
+    c = s.prac
+    if c is None:
         kind = "checkpointing" if s.checkpoint_every else "baseline"
-    elif not s.compress_nonlinear:
+    elif not c.compress_nonlinear:
         kind = "PRAC lean"
     else:
-        kind = "PRAC paper" if s.nonlinear_storage == "project" else "PRAC default"
-    if s.prac:
-        kind += f", Z {s.storage_bits}-bit"
-    return kind + (", fused loss" if s.fused_loss else "")
+        kind = "PRAC paper" if c.nonlinear_storage == "project" else "PRAC default"
+    if c is not None:
+        kind += f", Z {c.storage_bits}-bit"
+    return kind + (", fused loss" if s.fused_loss_backward else "")
 
 
 def _families(rows: Sequence[PlanRow]) -> List[PlanRow]:
@@ -165,25 +171,28 @@ def _families(rows: Sequence[PlanRow]) -> List[PlanRow]:
     return out
 
 
+def _configs() -> List[PRACConfig]:
+    """The PRACConfigs weighed: lean(), the default and paper() at each ratio, 16- and 8-bit Z, either head."""
+    out = []
+    for p, r in LINEAR_RATIOS:
+        ratios = dict(principal_ratio=p, random_ratio=r)
+        options = [PRACConfig.lean(**ratios), PRACConfig(**ratios)] + \
+            [PRACConfig.paper(**ratios, nonlinear_principal_ratio=a, nonlinear_random_ratio=b)
+             for a, b in NONLINEAR_RATIOS]
+        for cfg in options:
+            for bits in (16, 8):
+                for fused in (False, True):
+                    out.append(dataclasses.replace(cfg, storage_bits=bits, fused_loss=fused))
+    return out
+
+
 def candidate_settings() -> List[Setting]:
     """Every setting the planner weighs (baseline first), in preference order within a checkpointing mix."""
     out: List[Setting] = []
+    configs = _configs()
     for ck in CHECKPOINT_EVERY:
-        for fused in (False, True):
-            out.append(Setting(prac=False, fused_loss=fused, checkpoint_every=ck))
-        for p, r in LINEAR_RATIOS:
-            # lean (nonlinear inputs exact), default (int8), the paper's projections at each ratio.
-            nl_options = [(False, "int8", 0.2, 0.2), (True, "int8", 0.2, 0.2)] + \
-                [(True, "project", a, b) for a, b in NONLINEAR_RATIOS]
-            for compress, nl_storage, a, b in nl_options:
-                linear = "project" if nl_storage == "project" else "auto"
-                for bits in (16, 8):
-                    for fused in (False, True):
-                        out.append(Setting(prac=True, principal_ratio=p, random_ratio=r,
-                                           nonlinear_principal_ratio=a, nonlinear_random_ratio=b,
-                                           compress_nonlinear=compress, storage_bits=bits, fused_loss=fused,
-                                           linear_storage=linear, nonlinear_storage=nl_storage,
-                                           checkpoint_every=ck))
+        out += [Setting(fused_loss=fused, checkpoint_every=ck) for fused in (False, True)]
+        out += [Setting(prac=cfg, checkpoint_every=ck) for cfg in configs]
     return out
 
 
@@ -191,10 +200,11 @@ def _variance_rank(s: Setting) -> tuple:
     # Exact settings first; then the linear ratio (the paper's variance bound), then nonlinear
     # inputs exact before compressed, int8 (unbiased, full width) before projected, higher nonlinear
     # ratio, 16-bit before 8-bit.
-    if not s.prac:
+    c = s.prac
+    if c is None:
         return (0,)
-    return (1, -(s.principal_ratio + s.random_ratio), s.compress_nonlinear, s.nonlinear_storage == "project",
-            -(s.nonlinear_principal_ratio + s.nonlinear_random_ratio), s.storage_bits == 8)
+    return (1, -(c.principal_ratio + c.random_ratio), c.compress_nonlinear, c.nonlinear_storage == "project",
+            -(c.nonlinear_principal_ratio + c.nonlinear_random_ratio), c.storage_bits == 8)
 
 
 def _rank_key(r: PlanRow) -> tuple:
@@ -210,10 +220,12 @@ def _block_params(shape: ModelShape) -> int:
     return (shape.num_parameters() - shape.vocab * shape.hidden * (1 if shape.tied else 2)) // max(shape.layers, 1)
 
 
-def _states(shape: ModelShape, engine: str, world: int, b: int) -> Dict[str, int]:
-    """ZeRO paper accounting: params and grads in the model dtype; AdamW m, v (+ fp32 master when b < 4)."""
+def _states(shape: ModelShape, engine: str, world: int, b: int, optimizer: str = "mixed") -> Dict[str, int]:
+    """ZeRO paper accounting: params and grads in the model dtype; AdamW's m, v in float32 plus a float32
+    master copy when b < 4 ('mixed'), or m, v in the model dtype ('adamw': AdamW on the weights as they are)."""
     p = shape.num_parameters()
-    params, grads, optim = b * p, b * p, (12 if b < 4 else 8) * p
+    optim = (12 if b < 4 else 8) * p if optimizer == "mixed" else 2 * b * p
+    params, grads = b * p, b * p
     if engine in ("zero1", "zero2", "zero3", "fsdp2"):
         optim = -(-optim // world)
     if engine in ("zero2", "zero3", "fsdp2"):
@@ -233,18 +245,48 @@ def _buffers(shape: ModelShape, engine: str, world: int, b: int) -> int:
     return 0
 
 
-def _transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
-    """The largest short-lived allocation of the step, on top of the saved activations."""
+def _layer_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
+    """One decoder layer's backward temporaries (the top layer's, beside every saved activation)."""
     d, f = shape.hidden, shape.ffn
-    head = _head_transient(shape, s, n, b)
-    width = max(d, f)
-    # One layer's backward: activation gradients (model dtype) and float32 temporaries of the
-    # norm/activation backward, about 2 x width each; plus, under PRAC, one decompressed input.
-    layer = n * width * (2 * b + 2 * 4) + (n * width * b if s.prac else 0)
+    if s.prac is None:
+        # Activation gradients (model dtype) and float32 temporaries of the norm/activation backward.
+        return n * max(d, f) * (2 * b + 2 * 4)
+    # PRAC's backward decompresses whole inputs: MemTracker measures 24·f + 18·d bytes per token at bf16
+    # (LLaMA-130M x 128 and LLaMA-1B x 64/128 x 256 agree to 0.1%; both have d/f = 0.375, so the split
+    # between f and d is one fit of two), 4·f more when norm/SwiGLU inputs are compressed (their float32
+    # decompression). Scaled by b/2 for other dtypes.
+    per_token = (24 * f + 18 * d) * b // 2 + (4 * f if s.prac.compress_nonlinear else 0)
+    return n * per_token
+
+
+def _phases(shape: ModelShape, s: Setting, n: int, b: int, acts: Dict[str, int], states: Dict[str, int],
+            optimizer: str) -> Dict[str, int]:
+    """Activations, transient and gradients live at the step's peak (the largest of its phases).
+
+    forward: every activation and the loss head's temporaries, no gradient yet (zero_grad sets them
+      to None; HF's head peaks here on its float32 logits);
+    backward: every activation, the top layer's backward temporaries (and its recompute when
+      checkpointed) and the head's weight gradient (PRAC peaks here);
+    bottom (checkpointing): every gradient, the first checkpointed input, one recomputed layer;
+    optimizer: every gradient, PRAC's bases and the update's temporaries ('mixed': the float32
+      gradient and denominator of the largest tensor; 'adamw' (foreach): one model-dtype copy of all).
+    """
+    total = sum(acts.values())
+    head_grad = b * (shape.vocab * shape.hidden + shape.hidden)  # lm_head and final norm, first to finish
+    layer = _layer_transient(shape, s, n, b)
     if s.checkpointed_layers(shape.layers):
-        per_token = sum(layer_saved_bytes_per_token(shape, s, b).values())
-        layer += n * per_token  # one checkpointed layer's activations, live during its recompute
-    return max(head, layer)
+        layer += n * sum(layer_saved_bytes_per_token(shape, s, b).values())  # one layer recomputed
+    largest = shape.vocab * shape.hidden
+    update = 2 * 4 * largest if optimizer == "mixed" else states["params"]
+    phases = {"forward": (total, _head_transient(shape, s, n, b), 0), "backward": (total, layer, head_grad),
+              "optimizer": (acts.get("prac_bases", 0), update, states["grads"])}
+    ckpt = s.checkpointed_layers(shape.layers)
+    if ckpt:
+        freed = acts["checkpointed_inputs"] * (ckpt - 1) // ckpt
+        phases["bottom"] = (total - freed, layer, states["grads"])
+    name = max(phases, key=lambda k: sum(phases[k]))
+    a, t, g = phases[name]
+    return {"activations": a, "transient": t, "grads": g, "phase": name}
 
 
 def _head_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
@@ -264,12 +306,13 @@ def _head_transient(shape: ModelShape, s: Setting, n: int, b: int) -> int:
 
 
 def _evaluate(shape: ModelShape, s: Setting, micro_batch: int, seq_len: int, engine: str, world: int,
-              b: int, budget: int) -> PlanRow:
+              b: int, budget: int, optimizer: str = "mixed") -> PlanRow:
     acts = saved_bytes(shape, s, micro_batch, seq_len, b)
+    acts["prac_bases"] = basis_bytes(shape, s)  # held all step long, like the activations at their peak
     n = micro_batch * seq_len
-    comps = dict(_states(shape, engine, world, b))
-    comps["activations"] = sum(acts.values())
-    comps["transient"] = _transient(shape, s, n, b)
+    comps = dict(_states(shape, engine, world, b, optimizer))
+    live = _phases(shape, s, n, b, acts, comps, optimizer)
+    comps.update(activations=live["activations"], transient=live["transient"], grads=live["grads"])
     comps["buffers"] = _buffers(shape, engine, world, b)
     peak = sum(comps.values())
     return PlanRow(setting=s, components=comps, activations=acts, peak_bytes=peak,
@@ -305,7 +348,8 @@ def _resolve_dtype(dtype: Any) -> str:
 
 
 def plan(model: Union[str, ModelShape, Any], micro_batch: int, seq_len: int, engine: str = "single",
-         world_size: int = 1, memory_budget_bytes: int = 80 * 2**30, dtype: Any = "bfloat16") -> Plan:
+         world_size: int = 1, memory_budget_bytes: int = 80 * 2**30, dtype: Any = "bfloat16",
+         optimizer: str = "mixed") -> Plan:
     """Predict per-rank peak memory and step FLOPs for every candidate setting; pick the fastest that fits.
 
     Ranking among settings that fit: fewest FLOPs per step (activation checkpointing's recompute,
@@ -320,6 +364,8 @@ def plan(model: Union[str, ModelShape, Any], micro_batch: int, seq_len: int, eng
     _positive_int("memory_budget_bytes", memory_budget_bytes)
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: accepted is one of {list(ENGINES)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r}: accepted is one of {list(OPTIMIZERS)}")
     if engine == "single" and world_size != 1:
         raise ValueError(f"world_size={world_size} with engine='single': accepted is 1 "
                          f"(pick zero1/zero2/zero3/fsdp2 for several ranks)")
@@ -329,7 +375,7 @@ def plan(model: Union[str, ModelShape, Any], micro_batch: int, seq_len: int, eng
     b = DTYPES[dname]
     result = Plan(model=name, shape=shape, micro_batch=micro_batch, seq_len=seq_len, engine=engine,
                   world_size=world_size, dtype=dname, memory_budget_bytes=memory_budget_bytes)
-    result.rows = [_evaluate(shape, s, micro_batch, seq_len, engine, world_size, b, memory_budget_bytes)
+    result.rows = [_evaluate(shape, s, micro_batch, seq_len, engine, world_size, b, memory_budget_bytes, optimizer)
                    for s in candidate_settings()]
     base_flops = result.rows[0].flops["total"]
     for r in result.rows:

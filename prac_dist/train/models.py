@@ -15,14 +15,14 @@ from typing import Dict
 import torch
 from torch import nn
 
-from prac_dist.planner.presets import PRESETS as _SHAPES
-from prac_dist.planner.presets import ModelShape, hf_config
+from prac_dist.models.shapes import PRESETS as _SHAPES
+from prac_dist.models.shapes import ModelShape, hf_config
 from prac_dist.train import meta_init
 from prac_dist.train.config import ConfigError, ModelConfig
 
 __all__ = ["PRESETS", "build_model", "check_vocab"]
 
-# The planner's one preset table, LLaMA shapes only (prac-train builds LlamaForCausalLM presets).
+# The registry's one shape table, LLaMA shapes only (prac-train builds LlamaForCausalLM presets).
 PRESETS: Dict[str, ModelShape] = {name: s for name, s in _SHAPES.items() if s.family == "llama"}
 
 

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[2]
 
 from benchmarks import compute
-from prac_dist.planner.presets import PRESETS  # noqa: E402
+from prac_dist.models.shapes import PRESETS  # noqa: E402
 
 B, S = 2, 32
 TINY = dataclasses.replace(PRESETS["llama_130m"], hidden=64, ffn=160, heads=4, vocab=512, layers=2)

@@ -33,7 +33,7 @@ def test_the_layer_launches_reach_every_kernel_of_the_package():
 
 
 def test_layer_shapes_are_the_planner_presets():
-    from prac_dist.planner.presets import PRESETS
+    from prac_dist.models.shapes import PRESETS
 
     for name, (hidden, ffn) in aot.LAYER_SHAPES.items():
         assert (PRESETS[name].hidden, PRESETS[name].ffn) == (hidden, ffn), name

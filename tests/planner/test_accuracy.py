@@ -32,7 +32,7 @@ CASES = dict(bench.CASES)
 def _cpu_layernorm_stats(shape, setting, tokens: int, b: int, checkpointed: int = 0) -> int:
     """Bytes the formula's float32 LayerNorm statistics exceed CPU's model-dtype ones by (HF's LayerNorm only:
     PRAC's compressed norms keep float32 statistics on every device)."""
-    if shape.family != "gpt2" or (setting.prac and setting.compress_nonlinear):
+    if shape.family != "gpt2" or (setting.prac and setting.prac.compress_nonlinear):
         return 0
     norms = 2 * (shape.layers - checkpointed) + 1  # two per block that is not checkpointed, the final one
     return tokens * norms * 2 * (4 - b)
@@ -77,18 +77,20 @@ def test_store_mode_holds_the_float32_dw_whatever_the_batch():
     assert two["head"] == 2 * one["head"] == 2 * 48 * 2 * shape.hidden
 
 
-def test_setting_from_config_follows_the_presets():
-    assert Setting.from_config(PRACConfig()) == Setting(prac=True, fused_loss=True)
-    paper = Setting.from_config(PRACConfig.paper())
-    assert (paper.linear_storage, paper.nonlinear_storage, paper.storage_bits) == ("project", "project", 16)
-    assert not Setting.from_config(PRACConfig.lean()).compress_nonlinear
+def test_setting_from_config_keeps_the_config():
+    assert Setting.from_config(PRACConfig()) == Setting(prac=PRACConfig())
+    assert Setting.from_config(PRACConfig()).fused_loss_backward == PRACConfig().fused_loss_backward
+    assert Setting.from_config(PRACConfig.paper()).prac_config_dict() == {
+        k: v for k, v in PRACConfig.paper().to_dict().items() if PRACConfig().to_dict()[k] != v}
     with pytest.raises(ValueError, match="target_modules"):
         Setting.from_config(PRACConfig(target_modules=("q_proj",)))
+    with pytest.raises(ValueError, match="fused_loss"):
+        Setting(prac=PRACConfig(), fused_loss="store")  # the head is the config's
 
 
 def test_saved_bytes_scale_linearly_with_batch():
     shape = PRESETS["llama_130m"]
-    s = Setting(prac=True, fused_loss="recompute")  # 'store' holds a batch-independent dW (test above)
+    s = Setting(prac=PRACConfig(fused_loss="recompute"))  # 'store' holds a batch-independent dW (test above)
     one = saved_bytes(shape, s, 1, 256, 2)
     four = saved_bytes(shape, s, 4, 256, 2)
     for key in one:

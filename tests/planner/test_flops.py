@@ -1,7 +1,7 @@
 """The planner's FLOPs per step against benchmarks/compute.py's count (FlopCounterMode + decompositions).
 
 The issue's bar is 5%; the formulas are exact for the steady step (matmuls and attention), and the
-refresh (amortised over T1 = 500 steps) leaves out the complement basis's projections (~10% of a
+refresh (amortised over the config's T1 steps) leaves out the complement basis's projections (~10% of a
 refresh, under 0.1% of a step).
 """
 
@@ -9,8 +9,9 @@ import dataclasses
 
 import pytest
 
+from prac_dist import PRACConfig
 from prac_dist.planner import PRESETS, Setting
-from prac_dist.planner.flops import REFRESH_INTERVAL, step_flops
+from prac_dist.planner.flops import step_flops
 
 from benchmarks import compute
 
@@ -20,11 +21,10 @@ PAIRS = {  # benchmarks/compute.py setting -> the planner's Setting
     "baseline": Setting(),
     "fused loss only": Setting(fused_loss=True),
     "full checkpointing (HF)": Setting(checkpoint_every=1),
-    "PRACConfig()": Setting(prac=True, fused_loss=True),
-    "PRACConfig(storage_bits=16)": Setting(prac=True, storage_bits=16, fused_loss=True),
-    "PRAC lean (compress_nonlinear=False)": Setting(prac=True, compress_nonlinear=False, fused_loss=True),
-    "PRAC paper": Setting(prac=True, linear_storage="project", nonlinear_storage="project", storage_bits=16,
-                          fused_loss=True),
+    "PRACConfig()": Setting(prac=PRACConfig()),
+    "PRACConfig(storage_bits=16)": Setting(prac=PRACConfig(storage_bits=16)),
+    "PRAC lean (compress_nonlinear=False)": Setting(prac=PRACConfig.lean()),
+    "PRAC paper": Setting(prac=PRACConfig.paper()),
 }
 
 
@@ -38,13 +38,17 @@ def test_predicted_step_flops_within_5_percent_of_counted(name):
     assert abs(want["decoder"] - got["decoder"]) <= 0.05 * got["decoder"]
     assert abs(want["head"] - got["head"]) <= 0.05 * got["head"]
     if got["refresh"]:
-        assert got["refresh_interval"] == REFRESH_INTERVAL
+        assert got["refresh_interval"] == PAIRS[name].prac.principal_update_interval
         assert abs(want["refresh"] - got["refresh"]) <= 0.15 * got["refresh"]
 
 
-def test_prac_presets_as_the_planner_labels_them():
-    assert PAIRS["PRACConfig()"].prac_config_dict()["storage_bits"] == compute.PRACConfig().storage_bits
-    paper = compute.settings()["PRAC paper"]["prac"]  # paper() at the paper's own T1 = 500 schedule
-    cfg = PAIRS["PRAC paper"].prac_config_dict()
-    for key in ("linear_storage", "nonlinear_storage", "storage_bits", "nonlinear_principal_update_interval"):
-        assert cfg[key] == getattr(paper, key), key
+def test_settings_are_the_benchmark_configs():
+    for name, setting in PAIRS.items():
+        assert setting.prac == compute.settings()[name].get("prac"), name
+
+
+def test_refresh_is_amortised_over_the_config_interval():
+    every_100 = step_flops(TINY, Setting(prac=PRACConfig(principal_update_interval=100)), B, S, 4)
+    every_500 = step_flops(TINY, Setting(prac=PRACConfig()), B, S, 4)
+    assert every_100["refresh"] == every_500["refresh"] > 0
+    assert every_100["refresh_per_step"] == pytest.approx(5 * every_500["refresh_per_step"])

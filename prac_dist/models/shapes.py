@@ -1,8 +1,8 @@
 """Model shapes by name: the LLaMA sizes of the GaLore/PRAC papers and GPT-2.
 
 A shape is all the planner needs (no weights); `hf_config` turns it into a Hugging Face
-config and `build_model` into a randomly initialised model. This is the one preset table:
-prac-train's `model.preset` names the same shapes (prac_dist.train.models).
+config and `build_model` into a randomly initialised model. This is the one preset table: the
+planner, the benchmarks and prac-train's `model.preset` (prac_dist.train.models) read it.
 """
 
 from __future__ import annotations
