@@ -406,6 +406,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             for variant, rs in block["runs"].items():
                 have = {r["seed"] for r in mine["runs"].get(variant, [])}
                 mine["runs"].setdefault(variant, []).extend(r for r in rs if r["seed"] not in have)
+    # Wall time counts the kept runs' training too (a resumed or merged file covers all of its runs).
+    t_start -= sum(r["wall_s"] for block in old.values() for rs in block["runs"].values() for r in rs)
     for length, (steps, variants, seeds) in plan.items():
         if length == "long" and args.long_factor == 1:
             continue
