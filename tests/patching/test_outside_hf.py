@@ -72,6 +72,7 @@ def _decoder_bytes(model, loss_fn, blocks, ids):
     return measure_saved_bytes(lambda: loss_fn(model, ids), model, scope=blocks).total_bytes
 
 
+@pytest.mark.slow  # bfloat16 at width 256 on CPU: 10-35 s per model here
 @pytest.mark.parametrize("family", OUTSIDE_HF)
 def test_decoder_bytes_at_default(family):
     model, loss_fn, blocks = build_outside(family, torch.bfloat16, width=256)
