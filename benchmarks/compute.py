@@ -94,14 +94,24 @@ class SelectiveCache:
     def policy(self, ctx, op, *args, **kwargs):
         if op in SAVED_OPS:
             if self.counting and not ctx.is_recompute:
-                for t in torch.utils._pytree.tree_leaves(ctx.op_output):
-                    if isinstance(t, torch.Tensor):
-                        key = t.untyped_storage().data_ptr()
-                        if key not in self._seen:
-                            self._seen.add(key)
-                            self.bytes += t.untyped_storage().nbytes()
+                self._count(ctx, op, args, kwargs)
             return CheckpointPolicy.MUST_SAVE
         return CheckpointPolicy.PREFER_RECOMPUTE
+
+    def _count(self, ctx, op, args, kwargs) -> None:
+        outputs = getattr(ctx, "op_output", None)
+        if outputs is None:  # torch 2.11 shows the policy no outputs: the op on meta tensors gives their sizes
+            to_meta = lambda t: t.to("meta")  # noqa: E731
+            outputs = op(*torch.utils._pytree.tree_map_only(torch.Tensor, to_meta, args),
+                         **torch.utils._pytree.tree_map_only(torch.Tensor, to_meta, kwargs))
+        for t in torch.utils._pytree.tree_leaves(outputs):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if t.is_meta:  # a fresh output of its own op: nothing else holds its storage
+                    self.bytes += storage.nbytes()
+                elif storage.data_ptr() not in self._seen:
+                    self._seen.add(storage.data_ptr())
+                    self.bytes += storage.nbytes()
 
     def context_fn(self):
         return create_selective_checkpoint_contexts(self.policy)
