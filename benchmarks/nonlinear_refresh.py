@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             print(f"{name:<28} seeds {e['seeds']}  val {e['mean_val_loss']:.4f}  gap {100 * e['rel_gap_mean']:+.2f}%")
     else:
         from benchmarks.convergence import Setup
-        from prac_dist.planner.presets import PRESETS
+        from prac_dist.models import PRESETS
 
         s = Setup()
         # One decoder layer (ratios are per layer); a 512-token vocabulary keeps the head (not counted) cheap.

@@ -35,7 +35,8 @@ import torch
 from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.planner import PRESETS, Setting, build_model, saved_bytes
+from prac_dist.models import PRESETS, build_model
+from prac_dist.planner import Setting, saved_bytes
 from prac_dist.planner.activations import head_backward
 
 from benchmarks._bench_env import write_result  # noqa: E402

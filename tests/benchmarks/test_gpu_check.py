@@ -69,7 +69,7 @@ def test_no_dry_run_result_is_committed():
 
 
 def test_largest_batch_search_stops_at_the_deadline(monkeypatch):
-    import paper_table
+    from benchmarks import paper_table
 
     clock = [0.0]
     monkeypatch.setattr(paper_table.time, "perf_counter", lambda: clock[0])

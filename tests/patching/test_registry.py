@@ -12,7 +12,7 @@ from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.models import ARCHITECTURES
 from prac_dist.patching.apply import get_prac_state
 from prac_dist.patching.modules import PRACLinear
-from prac_dist.planner import PRESETS, shape_from_config
+from prac_dist.models import PRESETS, shape_from_config
 from prac_dist.models.shapes import build_model as build_preset
 from prac_dist.train.models import PRESETS as TRAIN_PRESETS
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from prac_dist import PRACConfig, apply_prac, remove_prac
-from prac_dist.planner import PRESETS, Setting, build_model, saved_bytes
+from prac_dist.models import PRESETS, build_model
+from prac_dist.planner import Setting, saved_bytes
 from prac_dist.planner.activations import head_backward
 
 from benchmarks import planner_accuracy as bench

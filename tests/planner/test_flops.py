@@ -10,7 +10,8 @@ import dataclasses
 import pytest
 
 from prac_dist import PRACConfig
-from prac_dist.planner import PRESETS, Setting
+from prac_dist.models import PRESETS
+from prac_dist.planner import Setting
 from prac_dist.planner.flops import step_flops
 
 from benchmarks import compute
@@ -24,7 +25,7 @@ PAIRS = {  # benchmarks/compute.py setting -> the planner's Setting
     "PRACConfig()": Setting(prac=PRACConfig()),
     "PRACConfig(storage_bits=16)": Setting(prac=PRACConfig(storage_bits=16)),
     "PRAC lean (compress_nonlinear=False)": Setting(prac=PRACConfig.lean()),
-    "PRAC paper": Setting(prac=PRACConfig.paper()),
+    "PRAC paper": Setting(prac=PRACConfig.paper(**compute.PAPER_SCHEDULE)),  # the paper's own schedule
 }
 
 

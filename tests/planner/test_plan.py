@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from prac_dist.planner import PRESETS, Setting, plan, shape_from_config
+from prac_dist.models import PRESETS, shape_from_config
+from prac_dist.planner import Setting, plan
 from prac_dist.planner.cli import main, parse_bytes
 from prac_dist.planner.plan import _evaluate, _head_transient, _rank_key
 
