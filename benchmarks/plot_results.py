@@ -35,6 +35,9 @@ _OTHER_NAMES = {
     "paper()": ("PRAC paper", "paper"),
     "PRACConfig() + full checkpointing": (None, None),
 }
+# How a row is shown: the "paper()" rows were measured with every basis on the paper's own schedule (refresh
+# every T1 steps; PRACConfig.paper() now re-solves the norm/SwiGLU bases every step: docs/results.md).
+_DISPLAY = {"paper()": "the paper's method, its T1 schedule"}
 
 
 def _env_line(env: dict) -> str:
@@ -181,7 +184,7 @@ def headline_table(peak: dict, compute_1b: Optional[dict], presets: Optional[dic
         fl = f"{f['decoder_flop_ratio_amortised_refresh']:.3f}x" if f else "-"
         c = conv.get(conv_name) if conv_name else None
         loss = "-" if c is None else ("0" if conv_name == "baseline" else f"{100 * c['rel_gap_vs_baseline']:+.2f}%")
-        out.append(f"| {setting} | {_gib(_peak(peak, 'llama_130m', 128, setting), p130)} | "
+        out.append(f"| {_DISPLAY.get(setting, setting)} | {_gib(_peak(peak, 'llama_130m', 128, setting), p130)} | "
                    f"{_gib(_peak(peak, 'llama_1b', 64, setting), p1b)} | {_fit(peak, setting, 80)} / "
                    f"{_fit(peak, setting, 40)} | {fl} | {loss} |")
     return out
