@@ -19,13 +19,12 @@ Prints tables and writes benchmarks/results/kernels.json (hardware and versions 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._bench_env import write_result  # noqa: E402
 
 HIDDEN, FFN = 2048, 5461  # LLaMA-1B (the paper's pre-training shape)
 
@@ -164,10 +163,8 @@ def main(argv=None) -> int:
     print(f"\n{'step (LLaMA-1B shape, ' + str(args.layers) + ' layers)':<36}{'ms':>9}{'overhead':>10}{'peak GiB':>10}")
     for row in steps:
         print(f"{row['variant']:<36}{row['step_ms']:>9.1f}{100 * row['overhead']:>9.1f}%{row['peak_GiB']:>10.2f}")
-    result = {"benchmark": "kernels", "environment": environment(), "args": vars(args),
-              "peak_bandwidth_GBps": peak / 1e9, "kernels": kernels, "steps": steps}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, "kernels", {"args": vars(args), "peak_bandwidth_GBps": peak / 1e9, "kernels": kernels,
+                                       "steps": steps})
     print(f"wrote {args.out}")
     return 0
 
