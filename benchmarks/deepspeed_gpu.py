@@ -1,7 +1,7 @@
 """Peak GPU memory and tokens/s of LLaMA-350M under DeepSpeed ZeRO-2 and ZeRO-3, with and without
 PRAC and PRAC's compressed activation offload (GPU only; one process per GPU).
 
-    deepspeed --num_gpus 1 benchmarks/deepspeed_gpu.py [--batch 64 --seq 256 --steps 12]
+    deepspeed --num_gpus 1 --module benchmarks.deepspeed_gpu [--batch 64 --seq 256 --steps 12]
 
 Each variant runs in a fresh engine: `--steps` optimizer steps of random tokens (bf16, AdamW),
 the first 2 untimed (warm-up, PRAC's first principal refresh). Reported: peak allocated memory

@@ -1,7 +1,7 @@
 """Peak host memory per rank for building and sharding a prac-train preset under FSDP2 or DeepSpeed ZeRO-3.
 
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.init_memory --preset llama_1b
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 benchmarks/init_memory.py \
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module benchmarks.init_memory \
         --preset llama_1b --deepspeed configs/ds/zero3.json --shard-only
 
 With --deepspeed --shard-only, each rank builds and partitions only (DeepSpeedBackend.partition: build_model
