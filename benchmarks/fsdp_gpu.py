@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from benchmarks._bench_env import write_result  # noqa: E402
+from prac_dist.distributed import close_distributed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_gpu.json"
 
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
                   f"{r.get('tokens_per_s', float('nan')):>10.0f} {r.get('step_s', float('nan')):>7.3f}")
         write_result(args.out, "fsdp_gpu", result)
         print(f"wrote {args.out}")
-    dist.destroy_process_group()
+    close_distributed()
     return 0
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from benchmarks._bench_env import write_result  # noqa: E402
+from prac_dist.distributed import close_distributed  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_variance.json"
 CASES = ("replicated", "replicated_shared", "split")
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
         print(_table(result))
         write_result(args.out, "fsdp_variance", result)
         print(f"wrote {args.out}")
-    dist.destroy_process_group()
+    close_distributed()
     return 0
 
 

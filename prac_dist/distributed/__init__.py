@@ -9,6 +9,7 @@ Both engines (prac_dist.deepspeed, prac_dist.fsdp), the checkpoints and the trai
 
 from prac_dist.distributed.compile import compile_blocks
 from prac_dist.distributed.env import DistEnv, discover_env, first_slurm_host, rank_world
-from prac_dist.distributed.process_group import init_distributed
+from prac_dist.distributed.process_group import close_distributed, init_distributed
 
-__all__ = ["DistEnv", "discover_env", "rank_world", "first_slurm_host", "init_distributed", "compile_blocks"]
+__all__ = ["DistEnv", "discover_env", "rank_world", "first_slurm_host", "init_distributed", "close_distributed",
+           "compile_blocks"]

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from prac_dist.distributed.env import DistEnv, discover_env
 
-__all__ = ["init_distributed"]
+__all__ = ["init_distributed", "close_distributed"]
 
 
 def init_distributed(env: Optional[DistEnv] = None, backend: Optional[str] = None,
@@ -47,3 +47,18 @@ def init_distributed(env: Optional[DistEnv] = None, backend: Optional[str] = Non
         dist.init_process_group(backend, init_method="env://", rank=env.rank, world_size=env.world_size,
                                 timeout=timeout)
     return env, device
+
+
+def close_distributed() -> None:
+    """Destroy the default process group once every rank has reached this point.
+
+    Without the barrier the first rank to finish tears down its gloo pairs while a peer
+    still has a collective in flight to it; the peer's gloo thread then dies with
+    "terminate called without an active exception" (SIGABRT) and the job fails after
+    its work is done.
+    """
+    if not dist.is_initialized():
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -228,12 +228,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("prac-train: interrupted (the newest complete checkpoint is intact; use --resume)", file=sys.stderr)
         return 130
+    from prac_dist.distributed import close_distributed
     from prac_dist.train.loop import env_rank_world
 
     if env_rank_world()[0] == 0:
         for s in summaries:
             print(f"{s['label']}: final train loss {s['final_train_loss']:.4f}  "
                   f"val loss {s['final_val_loss']:.4f}  time {s['train_time_s']:.0f} s")
+    close_distributed()  # only after success: a barrier on a failed rank would wait for peers that are gone
     return 0
 
 

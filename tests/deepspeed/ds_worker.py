@@ -27,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import prac_dist  # noqa: E402
 import prac_dist.deepspeed as pds  # noqa: E402
+from prac_dist.distributed import close_distributed  # noqa: E402
 
 VOCAB, SEQ, MICRO = 512, 32, 2
 FULL_RANK = {"principal_ratio": 0.5, "random_ratio": 0.5, "compress_nonlinear": True,
@@ -287,7 +288,7 @@ def main() -> int:
         with open(out_path, "w") as fh:
             json.dump(out, fh, indent=1)
     dist.barrier()
-    dist.destroy_process_group()
+    close_distributed()
     return 0
 
 

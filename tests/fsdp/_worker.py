@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from prac_dist.distributed import init_distributed
+    from prac_dist.distributed import close_distributed, init_distributed
 
     init_distributed()
     if args.mode == "suite":
@@ -229,7 +229,7 @@ def main() -> None:
         head_modes(args.out)
     else:
         resume(args.ckpt, args.out)
-    dist.destroy_process_group()
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from torchtitan.distributed.parallel_dims import ParallelDims
 
 from benchmarks._tiny_models import torchtitan_spec
 from prac_dist import PRACConfig
+from prac_dist.distributed import close_distributed
 from prac_dist.integrations.torchtitan import PRACConverter, attach_prac
 
 VOCAB, USED, SEQ, BATCH = 2048, 64, 64, 4
@@ -116,7 +117,7 @@ def main():
     if dist.get_rank() == 0:
         with open(args.out, "w") as f:
             json.dump(result, f)
-    dist.destroy_process_group()
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from prac_dist.deepspeed.config import PRACSection, load_ds_config, parse_prac_section
-from prac_dist.distributed import discover_env
+from prac_dist.distributed import close_distributed, discover_env
 from prac_dist.train import meta_init
 from prac_dist.train.backends import TrainBackend
 from prac_dist.train.config import ConfigError
@@ -185,10 +185,8 @@ class DeepSpeedBackend(TrainBackend):
         return client_state["prac_train_extra"]
 
     def close(self) -> None:
-        import torch.distributed as dist
-
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_process_group:
+            close_distributed()
             self._owns_process_group = False
 
 

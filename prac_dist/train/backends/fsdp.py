@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
-from prac_dist.distributed import init_distributed
+from prac_dist.distributed import close_distributed, init_distributed
 from prac_dist.fsdp import load_checkpoint, parallelize, save_checkpoint
 from prac_dist.train import meta_init
 from prac_dist.train.backends import TrainBackend
@@ -114,8 +114,8 @@ class FSDPBackend(TrainBackend):
         return load_checkpoint(path, self.model, self.optimizer, scheduler=self.scheduler)
 
     def close(self) -> None:
-        if self._owns_process_group and dist.is_initialized():
-            dist.destroy_process_group()
+        if self._owns_process_group:
+            close_distributed()
             self._owns_process_group = False
 
 
