@@ -31,7 +31,7 @@ from typing import Dict, List
 from prac_dist.planner.measure import (OPTIMIZERS, RECIPES, largest_micro_batch, measure_peak, measure_peak_by_depth,
                                       num_layers)
 
-from benchmarks._bench_env import command_line, write_result
+from benchmarks._bench_env import command_line, provenance, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "peak_memory.json"
@@ -103,6 +103,22 @@ def _write(data: dict, args_line: str) -> None:
     write_result(OUT, "peak_memory", fields, command=args_line)  # each row names its own command too
 
 
+def _drop(data: dict, model: str, settings: List[str], optimizers: List[str], args_line: str) -> None:
+    """Remove the rows and fits of these settings from `data` and from the file (not merged back)."""
+    import fcntl
+    import tempfile
+
+    def keep(r: dict) -> bool:
+        return not (r["model"] == model and r["setting"] in settings and r["optimizer"] in optimizers)
+
+    with open(Path(tempfile.gettempdir()) / "prac_dist_peak_memory.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data.update(_load())
+        data["rows"] = [r for r in data["rows"] if keep(r)]
+        data["fits"] = [f for f in data.get("fits", []) if keep(f)]
+        _write(data, args_line)
+
+
 def _measure_row(data: dict, model: str, batch: int, optimizer: str, setting: str, depths, args_line: str) -> dict:
     method = _method(model, depths)
     key = (model, batch, SEQ, optimizer, setting, method)
@@ -114,8 +130,11 @@ def _measure_row(data: dict, model: str, batch: int, optimizer: str, setting: st
         m = measure_peak(model, RECIPES[setting], batch, SEQ, optimizer)
     else:
         m = measure_peak_by_depth(model, RECIPES[setting], batch, SEQ, optimizer, depths=depths)
+    # Each row names its own commit and command: rows of a setting whose code did not change are kept
+    # when the others are measured again.
     row = {"model": model, "micro_batch": batch, "seq_len": SEQ, "optimizer": optimizer, "setting": setting,
-           "method": method, **m.to_dict(), "seconds": round(time.time() - t0, 1), "command": args_line}
+           "method": method, **m.to_dict(), "seconds": round(time.time() - t0, 1), "command": args_line,
+           "commit": provenance()["commit"]}
     data["rows"].append(row)
     _save(data, args_line)
     print(f"  {model} x {batch} {optimizer:<5} {setting:<36} {method[:8]} peak {m.peak_bytes / GIB:7.2f} GiB "
@@ -253,6 +272,9 @@ def main(argv=None) -> int:
                     help="measure A and B decoder layers and extend the line to the model's depth "
                          "(prac_dist.planner.measure.measure_peak_by_depth); default: the whole model")
     ap.add_argument("--plot", action="store_true")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="drop this model's rows and fits of --settings x --optimizers from the file, then measure "
+                         "them again (after a change to the code those settings run)")
     ap.add_argument("--report", action="store_true",
                     help="measure nothing: rewrite the file's derived fields, print the table (and --plot)")
     args = ap.parse_args(argv)
@@ -269,6 +291,8 @@ def main(argv=None) -> int:
         if args.plot:
             plot(data, RESULTS / "peak_memory.png")
         return 0
+    if args.remeasure:
+        _drop(data, args.model, args.settings, args.optimizers, args_line)
     for batch in args.batches:
         for opt in args.optimizers:
             for setting in args.settings:

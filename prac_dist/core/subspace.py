@@ -180,7 +180,7 @@ class Compressor:
         # adaptive='global': the last scheduled refresh's variance curve, waiting for step() to reallocate.
         self.curve: Optional[torch.Tensor] = None
         self.followup = False  # this refresh only applies a new budget: it does not start a reallocation
-        self._fwd_cache: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        # The basis is held once: [Q1 | Q2] in float32, with q1 and q2 views of it (_bind).
         self._back: Optional[torch.Tensor] = None
 
     @property
@@ -256,18 +256,13 @@ class Compressor:
             self.principal_due = False
             self.random_due = True  # Q2 must live in the complement of the new Q1
         if self.random_due:
-            q1 = self.q1.to(x2d.device)
+            q1 = self.q1.to(x2d.device).contiguous()
             key = rounding_key(self._keys[1], self.draws)
-            self.q2 = random_complement_basis(q1, self.n, self.r2, key) if self.r2 else q1.new_zeros(self.n, 0)
+            q2 = random_complement_basis(q1, self.n, self.r2, key) if self.r2 else q1.new_zeros(self.n, 0)
+            self._bind(q1, q2, x2d.device)
             self.draws.add_(1)
             self.random_due = False
-        self._fwd_cache.clear()
         self._renew_epoch()
-        # Built here, not lazily in q_back / q_fwd: a compiled forward then always finds them (a None or a
-        # missing key would be one more guard state, and so one more compile, of every PRAC linear's frame).
-        self._back = None
-        self.q_back(x2d.device)
-        self.q_fwd(torch.float32, x2d.device)
 
     def _principal(self, x2d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         # Adaptive first: an r1 it once set to 0 must be re-chosen at the next refresh, not kept.
@@ -278,7 +273,8 @@ class Compressor:
         if self.solver == "randomized":
             from prac_dist.kernels import captured_energy, randomized_principal_basis
 
-            q1 = randomized_principal_basis(x2d, self.r1, q_prev=self.q1)
+            q_prev = None if self.q1 is None else self.q1.contiguous()
+            q1 = randomized_principal_basis(x2d, self.r1, q_prev=q_prev)
             q1, _ = torch.linalg.qr(q1)  # same orthonormality as the exact path: full rank stays exact
             return q1, captured_energy(x2d, q1)
         return principal_basis(x2d, self.r1)
@@ -295,18 +291,27 @@ class Compressor:
         return top_basis(evals, evecs, self.r1)
 
     # ---- projection -------------------------------------------------------------------------
+    def _bind(self, q1: torch.Tensor, q2: torch.Tensor, device: torch.device) -> None:
+        """Hold the basis once, [Q1 | Q2] in float32 on `device`, and make q1 and q2 views of it.
+
+        One copy, 4·n·(r1 + r2) bytes for the whole run (prac_dist.planner.activations.basis_bytes); every
+        other form (q_fwd's [Q1 | c Q2]) is built per call.
+        """
+        self._back = torch.cat([q1, q2], dim=1).to(device=device, dtype=torch.float32)
+        r1 = q1.shape[1]
+        self.q1, self.q2 = self._back[:, :r1], self._back[:, r1:]
+
     def q_fwd(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """[Q1 | c Q2] in the compute dtype (cached per dtype: it changes only at a refresh)."""
-        key = (dtype, device)
-        if key not in self._fwd_cache:
-            q = torch.cat([self.q1, self.c * self.q2], dim=1).to(device=device)
-            self._fwd_cache[key] = q.to(dtype)
-        return self._fwd_cache[key]
+        """[Q1 | c Q2] in `dtype`, built from the held basis at each call and freed after the projection:
+        n x r elementwise work beside the projection's N x n x r multiply-adds (N tokens)."""
+        q = self.q_back(device)
+        r1 = self.q1.shape[1]
+        return torch.cat([q[:, :r1], self.c * q[:, r1:]], dim=1).to(dtype)
 
     def q_back(self, device: torch.device) -> torch.Tensor:
         """[Q1 | Q2] in float32: the basis the stored coordinates are expanded in."""
         if self._back is None or self._back.device != device:
-            self._back = torch.cat([self.q1, self.q2], dim=1).to(device=device, dtype=torch.float32)
+            self._bind(self.q1, self.q2, device)
         return self._back
 
     @torch.compiler.disable  # host hashing; apply_prac calls it at setup, so a compiled step never does
@@ -422,6 +427,7 @@ class Compressor:
         self.nonfinite_refreshes = torch.tensor(int(state.get("nonfinite_refreshes", 0)))
         self.q1 = None if state["q1"] is None else state["q1"].to(device or "cpu")
         self.q2 = None if state["q2"] is None else state["q2"].to(device or "cpu")
-        self._fwd_cache.clear()
-        self._renew_epoch()
         self._back = None
+        if self.q1 is not None and self.q2 is not None:
+            self._bind(self.q1, self.q2, self.q1.device)
+        self._renew_epoch()

@@ -210,9 +210,9 @@ def _head_per_token(shape: ModelShape, mode: Optional[str], b: int) -> int:
 
 
 def basis_bytes(shape: ModelShape, s: Setting) -> int:
-    """PRAC's bases, held from the first forward on: per projected input of width n, Q1 (n x r1), Q2
-    (n x r2) and their concatenation for the backward (n x (r1 + r2)), all float32: 8·n·(r1 + r2) bytes.
-    No activation (no micro-batch in it), but allocated by a forward, where MemTracker counts them."""
+    """PRAC's bases, held from the first forward on: per projected input of width n, [Q1 | Q2] in float32
+    (Q1 and Q2 are views of it): 4·n·(r1 + r2) bytes. No activation (no micro-batch in it), but allocated
+    by a forward, where MemTracker counts them."""
     if s.prac is None:
         return 0
     widths = [(n, False) for n, m in linear_groups(shape) if storage_mode(s, n, m, nonlinear=False) == "project"]
@@ -220,8 +220,8 @@ def basis_bytes(shape: ModelShape, s: Setting) -> int:
         d, f = shape.hidden, shape.ffn
         nonlinear = (d, d, f, f) if shape.family == "llama" else (d, d, f)  # 2 norms; SwiGLU g, u / GELU input
         widths += [(n, True) for n in nonlinear]
-    per_layer = sum(8 * n * sum(s.prac.ranks(n, nl)) for n, nl in widths)
-    final = 8 * shape.hidden * sum(s.prac.ranks(shape.hidden, True)) if s.prac.compress_nonlinear and \
+    per_layer = sum(4 * n * sum(s.prac.ranks(n, nl)) for n, nl in widths)
+    final = 4 * shape.hidden * sum(s.prac.ranks(shape.hidden, True)) if s.prac.compress_nonlinear and \
         s.prac.nonlinear_storage == "project" else 0
     return shape.layers * per_layer + final
 
