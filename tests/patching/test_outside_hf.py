@@ -28,7 +28,7 @@ FULL_RANK = PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principa
 # float32, 2 x 16 tokens: reconstruction at r1 + r2 = n and the lean ops' reordered sums leave relative
 # gradient errors of ~1e-5 (tests/patching/test_discover.py); a wrong formula or a lost term is O(1).
 GRAD_RTOL = 1e-3
-# The issue's bounds: 0.45 for the LLaMA-style models, 0.55 for nanoGPT-style, whose lean blocks save no
+# 0.45 for the LLaMA-style models, 0.55 for nanoGPT-style, whose lean blocks save no
 # dropout masks, so SDPA's q, k, v and output (exact, 25% of the unpatched bytes) weigh more. Its GELU MLP
 # keeps h once in int8 (12.5%; exact h, 25%, measured 0.604).
 BYTE_LIMIT = {"nanogpt": 0.55}
