@@ -93,7 +93,9 @@ class PRACConfig:
     """How norm and SwiGLU/GELU layers store their inputs under compress_nonlinear. 'int8': the tensor itself
     in int8 with stochastic rounding (0.5x of 16 bits, O(N·n) work, no basis to refresh). 'project': the
     nonlinear PRAC projection with the nonlinear_* ratios and schedule (the paper; ffn-wide g and u make it
-    cost about as much compute as the MLP saves)."""
+    cost about as much compute as the MLP saves). A GELU MLP whose down projection stores nothing (discovery's
+    lean GELU MLP, prac_dist/ops/gelu_linear.py) keeps h once for both: in int8 rounded so that gelu(h~) is
+    unbiased, or exactly under 'project' (gelu of a projection would bias the down projection's dW)."""
 
     def __post_init__(self) -> None:
         # Types and choices from the annotations; a list of names becomes a tuple (the dataclass stays hashable).

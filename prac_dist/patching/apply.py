@@ -258,8 +258,11 @@ def _swap_site(model: nn.Module, site: Site, cfg: PRACConfig, state: PRACState) 
         c = state.compressors[name] = _new_compressor(cfg, name, n, nonlinear=True)
         return c
 
-    if site.kind == "gelu_mlp":  # stores h exactly: as few bytes as compressing h and gelu(h), exact dW
-        comps = ()
+    if site.kind == "gelu_mlp":  # h serves the GELU and the down projection: exact, or one int8 copy
+        up, act, _ = site.option("names")
+        ffn = linear_shape(getattr(module, up), is_conv1d(getattr(module, up)))[1]
+        # A projection of h would bias dW through gelu (and project + project costs what h exactly does).
+        comps = (comp_for(f"{site.name}.{act}", ffn) if cfg.nonlinear_storage == "int8" else None,)
     elif site.kind == "swiglu":
         gate, up, _ = site.option("names")
         ffn = linear_shape(getattr(module, gate), is_conv1d(getattr(module, gate)))[1] // (2 if gate == up else 1)

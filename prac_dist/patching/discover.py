@@ -360,7 +360,7 @@ def replacement(module: nn.Module, site: Site, comps: Tuple[Optional[Compressor]
     if site.kind == "gelu":
         return PRACGELU(module, site.option("approximate"), comps[0])
     if site.kind == "gelu_mlp":
-        return PRACGELUMLP(module, site.option("names"), site.option("approximate"))
+        return PRACGELUMLP(module, site.option("names"), site.option("approximate"), comps[0])
     return PRACSwiGLUMLP(module, comps[0], comps[1], kernel, names=site.option("names"),
                          up_first=site.option("up_first"))
 

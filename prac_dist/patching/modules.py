@@ -141,17 +141,19 @@ class PRACGELU(_Swapped):
 
 class PRACGELUMLP(_Swapped):
     """down(gelu(up(x))) whose down projection stores nothing: see prac_dist.ops.gelu_linear.
-    names = (up, act, down), the original children, kept under their own names."""
+    names = (up, act, down), the original children, kept under their own names; comp: an int8 compressor
+    of h (the GELU's input) or None to keep h exactly."""
 
-    def __init__(self, original: nn.Module, names, approximate: str):
+    def __init__(self, original: nn.Module, names, approximate: str, comp: Optional[Compressor] = None):
         super().__init__()
         self._remember(original)
         for name in names:
             setattr(self, name, getattr(original, name))
         self.names, self.approximate = tuple(names), approximate
+        self.__dict__["prac_compressor"] = comp
 
     def forward(self, x):
         up, _, down = (getattr(self, n) for n in self.names)
         if "base_layer" in down.__dict__["_modules"]:  # PEFT wrapped down after the swap: its LoRA path must run
-            return down(lean_gelu(up(x), self.approximate))
-        return gelu_linear(up(x), self.approximate, down.weight, down.bias, is_conv1d(down))
+            return down(lean_gelu(up(x), self.approximate, self.prac_compressor))
+        return gelu_linear(up(x), self.approximate, down.weight, down.bias, is_conv1d(down), self.prac_compressor)

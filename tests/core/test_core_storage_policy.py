@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from prac_dist import PRACConfig, apply_prac
@@ -13,6 +14,7 @@ from prac_dist.core.cost import linear_storage_mode, projection_extra_flops
 from prac_dist.core.linear import prac_linear
 from prac_dist.core.storage import pack_int8, unpack
 from prac_dist.core.subspace import Compressor
+from prac_dist.ops.gelu_linear import gelu_linear, quantize_through_gelu
 from prac_dist.patching.modules import PRACLinear
 
 
@@ -135,3 +137,57 @@ def test_paper_preset_weight_gradient_is_the_projected_estimator(make_llama):
     torch.testing.assert_close(q.weight.grad, expected, rtol=1e-4, atol=1e-6)
     exact = seen["dy"].t() @ seen["x"]
     assert float((q.weight.grad - exact).abs().max()) > 1e-3 * float(exact.abs().max())  # really estimated
+
+
+def test_gelu_int8_storage_is_unbiased_in_gelus_image():
+    """The GELU MLP's int8 h serves the down projection's dW through gelu(h~): E[gelu(h~)] = gelu(h).
+
+    Each row holds values in [-3, 3] and one 127, so the step is s = 1 and GELU's curvature over a cell is
+    large (plain rounding of h is off by up to 0.08 in expectation here). K = 4000 roundings; an entry's
+    gelu(h~) is one of its cell's two ends, so its std is at most half the jump J between them and the mean's
+    at most J / (2 sqrt K): the tolerance is 6 of those (P(any of 512 entries beyond) < 1e-6) plus the one
+    bias the rounding leaves, in the cell where GELU turns ([-1, 0]: at most gelu(-1) - min gelu = 0.012).
+    Plain stochastic rounding of h (pack_int8, unbiased for h itself) misses the same tolerance."""
+    K = 4000
+    h = torch.linspace(-3, 3, 4 * 128).view(4, 128).clone()
+    h[:, 0] = 127.0
+    lo = torch.floor(h)
+    jump = (F.gelu(lo + 1) - F.gelu(lo)).abs().double()
+    tol = 6 * jump / (2 * math.sqrt(K)) + 0.012
+    comp = Compressor("g", 128, 0, 0, seed=0, per_rank_random=False, kernel="torch", storage="int8")
+    stacked = h.repeat(K, 1)  # K copies of the rows in one call: the noise is keyed per element, independent
+    comp.refresh(stacked)  # puts the rounding keys on the device
+    ours = F.gelu(comp.decompress(quantize_through_gelu(stacked, "none", comp.next_seed()), torch.float32))
+    plain = F.gelu(comp.decompress(comp.compress(stacked), torch.float32))
+    ours, plain = (t.double().view(K, *h.shape).sum(0) for t in (ours, plain))
+    want = F.gelu(h).double()
+    assert bool(((ours / K - want).abs() <= tol).all()), float(((ours / K - want).abs() - tol).max())
+    assert bool(((plain / K - want).abs() > tol).any())  # the test has power against rounding h itself
+
+
+def test_gelu_mlp_down_projection_weight_gradient_is_unbiased():
+    """gelu_linear with an int8 compressor: the mean dW over K draws equals the exact dW, dh stays close.
+    Tolerance as for the int8 linear: 6 empirical standard errors per entry plus float32 rounding."""
+    K = 256
+    gen = torch.Generator().manual_seed(4)
+    h, dy = torch.randn(96, 48, generator=gen) * 2, torch.randn(96, 16, generator=gen)
+    w = torch.nn.Parameter(torch.randn(16, 48, generator=gen) / 7)
+    hg = h.clone().requires_grad_()
+    torch.autograd.backward(gelu_linear(hg, "none", w, None), dy)
+    exact_dw, exact_dh = w.grad.clone(), hg.grad.clone()
+    comp = Compressor("g", 48, 0, 0, seed=0, per_rank_random=False, kernel="torch", storage="int8")
+    draws, dhs = [], []
+    for _ in range(K):
+        w.grad, hg.grad = None, None
+        torch.autograd.backward(gelu_linear(hg, "none", w, None, comp=comp), dy)
+        draws.append(w.grad.clone())
+        dhs.append(hg.grad.clone())
+    g = torch.stack(draws)
+    assert float(g.std(0).max()) > 0  # the rounding is random: each draw differs
+    gap = (g.mean(0) - exact_dw).abs()
+    assert bool((gap <= 6 * g.std(0) / math.sqrt(K) + 1e-5 * exact_dw.abs().max()).all())
+    # dh = dA · gelu'(h~) is not claimed unbiased (a nonlinear function of the stored form), only close:
+    # |gelu''| <= 0.8 and |h~ - h| <= s (here 0.05), so each entry is within 0.04 |dA| of exact.
+    da = dy @ w.detach()
+    assert bool(((torch.stack(dhs) - exact_dh).abs() <= 0.8 * (h.abs().amax(1, keepdim=True) / 127) * da.abs()
+                 + 1e-5).all())

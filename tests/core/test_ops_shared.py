@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from prac_dist.core.subspace import Compressor
 from prac_dist.ops.gelu import gelu_cast, lean_gelu
-from prac_dist.ops.gelu_linear import gelu_linear
+from prac_dist.ops.gelu_linear import gelu_linear, quantize_through_gelu
 from prac_dist.ops.layernorm import lean_layer_norm
 
 
@@ -56,3 +56,19 @@ def test_compressed_input_is_the_compressors_own_form(op):
     twin.refresh(x)
     by_hand = twin.compress(x, twin.next_seed())
     assert len(saved) == 1 and torch.equal(saved[0], [t for t in by_hand if t.dtype == torch.int8][0])
+
+
+def test_gelu_mlp_stores_h_once_through_the_gelu_quantizer():
+    """With an int8 compressor the GELU MLP saves one int8 copy of h (no gelu(h), no bf16 h): the codes of
+    quantize_through_gelu under the compressor's next key, as a twin compressor draws it by hand."""
+    gen = torch.Generator().manual_seed(3)
+    h, w = torch.randn(64, 32, generator=gen), torch.randn(8, 32, generator=gen)
+    comps = [Compressor("c", 32, 0, 0, seed=0, per_rank_random=False, kernel="torch", storage="int8")
+             for _ in range(2)]
+    y = gelu_linear(h.clone().requires_grad_(), "tanh", w, None, comp=comps[0])
+    saved = y.grad_fn.saved_tensors[1:]  # (weight, *stored form of h)
+    twin = comps[1]
+    twin.refresh(h)
+    codes, scale = quantize_through_gelu(h, "tanh", twin.next_seed())
+    assert len(saved) == 2 and torch.equal(saved[0], codes) and torch.equal(saved[1], scale)
+    assert torch.equal(y.detach(), gelu_linear(h, "tanh", w, None))  # the forward never sees the rounding

@@ -5,7 +5,7 @@ has no CPU backward).
 
 For each: apply_prac(model, config) alone patches it (the probe follows the forward's signature), every
 gradient equals the unpatched model's at full rank, and the decoder blocks save at most 0.45x (nanoGPT-style
-0.62x, see BYTE_LIMIT) the unpatched bytes for backward in bfloat16 with PRACConfig(). The entry's other paths: example_inputs=,
+0.55x, see BYTE_LIMIT) the unpatched bytes for backward in bfloat16 with PRACConfig(). The entry's other paths: example_inputs=,
 target_modules without a probe, and one error line for a forward it cannot probe."""
 
 import copy
@@ -28,10 +28,10 @@ FULL_RANK = PRACConfig(principal_ratio=0.5, random_ratio=0.5, nonlinear_principa
 # float32, 2 x 16 tokens: reconstruction at r1 + r2 = n and the lean ops' reordered sums leave relative
 # gradient errors of ~1e-5 (tests/patching/test_discover.py); a wrong formula or a lost term is O(1).
 GRAD_RTOL = 1e-3
-# 0.45 for the LLaMA-style models. nanoGPT-style measures 0.604 (2 x 129 tokens, width 256): its lean blocks
-# save no dropout masks, so SDPA's q, k, v and output (exact, 25% of the unpatched bytes) and the GELU MLP's
-# h (stored exactly by the lean GELU MLP, 25%) weigh more; the bound is set above that measurement.
-BYTE_LIMIT = {"nanogpt": 0.62}
+# 0.45 for the LLaMA-style models, 0.55 for nanoGPT-style, whose lean blocks save no
+# dropout masks, so SDPA's q, k, v and output (exact, 25% of the unpatched bytes) weigh more. Its GELU MLP
+# keeps h once in int8 (12.5%; exact h, 25%, measured 0.604).
+BYTE_LIMIT = {"nanogpt": 0.55}
 
 
 def _ids(seq=17, seed=1):
