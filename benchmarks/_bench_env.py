@@ -1,10 +1,10 @@
 """One schema for every benchmarks/results/*.json, with the hardware named.
 
     {
-      "benchmark": "storage_bits",            # the script's name (benchmarks/<name>.py)
+      "benchmark": "storage_bits",            # the script's name (benchmarks/<group>/<name>.py)
       "environment": {                        # where the numbers were measured
         "commit": "794f885…", "dirty": [],    # required: the git commit measured, and files changed from it
-        "command": "python -m benchmarks.storage_bits --steps 300",   # required: how to rerun it
+        "command": "python -m benchmarks.quality.storage_bits --steps 300",   # required: how to rerun it
         "cpu": "AMD EPYC", "cpu_count": 2,    # required: the CPU (model name, else the architecture)
         "gpu": null,                          # required: the GPU's name, or null when none was used
         "torch": "2.13.0+cpu", "transformers": "5.25.0", "python": "3.11.7",   # required

@@ -1,6 +1,6 @@
 """Real activations for the kernel benchmarks: a small LLaMA trained briefly on WikiText-2.
 
-Shared by benchmarks/subspace_refresh.py (and usable from tests): the spectra of
+Shared by benchmarks/quality/subspace_refresh.py (and usable from tests): the spectra of
 activations of a trained model decay very differently from Gaussian noise, so the
 principal-subspace refresh is measured on these.
 """

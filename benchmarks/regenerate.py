@@ -26,13 +26,13 @@ _SETTINGS_1B = ["--verify", "HF", "PRACConfig()", "lean()", "paper()", "HF full 
                 "selective checkpointing", "fused loss head", "PRACConfig() + full checkpointing"]
 
 STEPS: Dict[str, List[str]] = {
-    "memory": ["benchmarks.memory"],
-    "compute": ["benchmarks.compute", "--skip-time"],
-    "compute_1b": ["benchmarks.compute", "--shapes", "llama_1b", "--skip-time", "--out",
+    "memory": ["benchmarks.memory.memory"],
+    "compute": ["benchmarks.compute.compute", "--skip-time"],
+    "compute_1b": ["benchmarks.compute.compute", "--shapes", "llama_1b", "--skip-time", "--out",
                    "benchmarks/results/compute_1b.json", "--png", "benchmarks/results/compute_1b.png"],
-    "fused_loss_memory": ["benchmarks.fused_loss_memory"],
-    "peak_memory_130m": ["benchmarks.peak_memory", "--model", "llama_130m", "--batches", "128"],
-    "peak_memory_1b": ["benchmarks.peak_memory", "--model", "llama_1b", "--batches", "64", "128", "--depths", "2",
+    "fused_loss_memory": ["benchmarks.memory.fused_loss_memory"],
+    "peak_memory_130m": ["benchmarks.memory.peak_memory", "--model", "llama_130m", "--batches", "128"],
+    "peak_memory_1b": ["benchmarks.memory.peak_memory", "--model", "llama_1b", "--batches", "64", "128", "--depths", "2",
                        "4", "--fit", "--plot"] + _SETTINGS_1B,
     "plot_results": ["benchmarks.plot_results", "--write"],
 }

@@ -6,7 +6,7 @@ tokens per batch, r = 0.3n. "warm" refreshes batch B starting from batch A's Q1,
 as a refresh after T1 optimizer steps does. Energy = ||X Q||² / ||X||², reported
 relative to the exact top-r eigenvectors (float32 eigh of XᵀX).
 
-    python -m benchmarks.subspace_refresh [--steps 20] [--repeats 3]
+    python -m benchmarks.quality.subspace_refresh [--steps 20] [--repeats 3]
 Prints a table, writes benchmarks/results/subspace_refresh.json. CPU timings are
 a real measurement here: the refresh is matmul/LAPACK-bound PyTorch on any device.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import result_path  # noqa: E402
 from benchmarks._real_activations import trained_llama_activations  # noqa: E402
 
 from prac_dist.kernels import captured_energy, principal_basis, randomized_principal_basis  # noqa: E402
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="AdamW steps before capturing activations")
     p.add_argument("--tokens", type=int, default=4096, help="N, tokens per batch")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "subspace_refresh.json"))
+    p.add_argument("--out", default=str(result_path("subspace_refresh.json")))
     args = p.parse_args(argv)
 
     acts = trained_llama_activations(hidden=768, ffn=2048, layers=2, steps=args.steps, seq=128, batch=4,

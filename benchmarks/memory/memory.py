@@ -5,8 +5,8 @@ each storage once) on HF LlamaForCausalLM with the paper's shapes, bf16, sdpa at
 depth. Saved bytes scale linearly with tokens, so a small CPU batch gives the per-token numbers;
 `units` is bytes / (token * layer * 2d), the unit of docs/PRAC.md.
 
-    python -m benchmarks.memory                      # 130M, 350M, 1B; writes benchmarks/results/memory.json
-    python -m benchmarks.memory --models llama_130m --batch 4 --seq 256
+    python -m benchmarks.memory.memory                      # 130M, 350M, 1B; writes benchmarks/results/memory.json
+    python -m benchmarks.memory.memory --models llama_130m --batch 4 --seq 256
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import hf_config
 from prac_dist.train.models import PRESETS
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", type=int, default=0,
                     help="decoder layers to build (0 = the preset's depth). Bytes per layer do not depend on "
                          "depth (130M: 1 layer and 12 layers give the same ratios), so 1B fits a CPU budget.")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
+    ap.add_argument("--out", default=str(result_path("memory.json")))
     args = ap.parse_args(argv)
     results = {"batch": args.batch, "seq": args.seq, "dtype": "bfloat16", "attention": "sdpa", "models": {}}
     if Path(args.out).exists():  # runs at different depths accumulate into one results file

@@ -1,6 +1,6 @@
 """Peak GPU memory and tokens/s of LLaMA-350M under FSDP2, with and without PRAC.
 
-    torchrun --nproc_per_node NGPU -m benchmarks.fsdp_gpu [--micro-batch 32 --seq 256 --steps 20]
+    torchrun --nproc_per_node NGPU -m benchmarks.gpu.fsdp_gpu [--micro-batch 32 --seq 256 --steps 20]
 
 Each configuration builds the model (the paper's LLaMA-350M shape: hidden 1024, 24 layers,
 ffn 2736, vocabulary 32000), applies prac_dist.fsdp.parallelize (bf16 params, fp32 reduce),
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 from prac_dist.distributed import close_distributed  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_gpu.json"
+RESULTS = result_path("fsdp_gpu.json")
 
 
 def build(preset: str):
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/fsdp_gpu.py needs CUDA (it measures GPU memory); nothing was measured", file=sys.stderr)
+        print("benchmarks/gpu/fsdp_gpu.py needs CUDA (it measures GPU memory); nothing was measured", file=sys.stderr)
         return 2
     from torch.distributed.device_mesh import init_device_mesh
 

@@ -1,7 +1,7 @@
 """Peak host memory per rank for building and sharding a prac-train preset under FSDP2 or DeepSpeed ZeRO-3.
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.init_memory --preset llama_1b
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module benchmarks.init_memory \
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.memory.init_memory --preset llama_1b
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module benchmarks.memory.init_memory \
         --preset llama_1b --deepspeed configs/ds/zero3.json --shard-only
 
 With --deepspeed --shard-only, each rank builds and partitions only (DeepSpeedBackend.partition: build_model
@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "init_memory.json"
+RESULTS = result_path("init_memory.json")
 
 
 def _status_bytes(field: str) -> int:

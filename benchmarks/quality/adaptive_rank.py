@@ -6,7 +6,7 @@ layers, keeping their total (hence the stored bytes). ('energy' is left out: on 
 activations its gradient variance is 2.5x that of fixed ratios, benchmarks/results/grad_quality.json.) This script trains the CPU demo preset with both,
 over several seeds, and measures the bytes saved for backward of each (prac_dist.memory).
 
-    python -m benchmarks.adaptive_rank --seeds 0 1 2 --max-steps 120   # writes benchmarks/results/adaptive_rank.json
+    python -m benchmarks.quality.adaptive_rank --seeds 0 1 2 --max-steps 120   # writes benchmarks/results/adaptive_rank.json
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import write_result
+from benchmarks._harness import ROOT, result_path, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("off", "min_variance", "global")
 
 
@@ -69,7 +68,7 @@ def main(argv=None) -> None:
     ap.add_argument("--max-steps", type=int, default=120)
     ap.add_argument("--config", default="configs/train/llama_tiny.yaml")
     ap.add_argument("--workdir", default="runs/adaptive_rank")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaptive_rank.json"))
+    ap.add_argument("--out", default=str(result_path("adaptive_rank.json")))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = {p: {"val_loss": {}, "stored_bytes": stored_bytes(p)} for p in POLICIES}

@@ -1,7 +1,7 @@
 """What each combination of PRAC, DeepSpeed activation checkpointing and HF gradient checkpointing
 saves for backward, and the host traffic of PRAC's compressed activation offload (CPU, one process).
 
-    DS_ACCELERATOR=cpu python -m benchmarks.deepspeed_activation_memory [--hidden 128 --layers 2 --seq 128]
+    DS_ACCELERATOR=cpu python -m benchmarks.memory.deepspeed_activation_memory [--hidden 128 --layers 2 --seq 128]
 
 Saved bytes are `prac_dist.memory.measure_saved_bytes` of one training forward + loss: the tensors
 the autograd graph keeps through saved-tensor hooks, Parameters excluded, each storage once. Under
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
@@ -33,9 +32,9 @@ import prac_dist  # noqa: E402
 from prac_dist.deepspeed import CompressedActivationOffload, OffloadConfig  # noqa: E402
 from prac_dist.memory import measure_saved_bytes  # noqa: E402
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_activation_memory.json"
+RESULTS = result_path("deepspeed_activation_memory.json")
 
 
 def build(args, prac, checkpointing):

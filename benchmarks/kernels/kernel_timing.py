@@ -1,6 +1,6 @@
 """GPU benchmark of the PRAC kernels and of a whole PRAC training step.
 
-    python -m benchmarks.kernel_timing [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
+    python -m benchmarks.kernels.kernel_timing [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
 
 Needs a CUDA GPU (Triton's CPU interpreter timings mean nothing); on a machine without
 one it says so and exits with status 1 without writing a result.
@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 
 HIDDEN, FFN = 2048, 5461  # LLaMA-1B (the paper's pre-training shape)
 
@@ -146,10 +145,10 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=4, help="decoder layers of the LLaMA-1B-shaped step model")
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"))
+    p.add_argument("--out", default=str(result_path("kernels.json")))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernel_timing.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
+        print("benchmarks/kernels/kernel_timing.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
               "interpreter's timings mean nothing). Nothing measured, nothing written.", file=sys.stderr)
         return 1
 

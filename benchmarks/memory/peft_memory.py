@@ -6,7 +6,7 @@ own float32 copy. PRAC stores one shared Z per input instead (prac_dist/patching
 Measured with prac_dist.memory.measure_saved_bytes on the LLaMA-130M shape (bf16, sdpa), LoRA
 r=16 on all seven linears (PEFT's float32 adapters), 2 decoder layers, batch 4 x 256.
 
-    python -m benchmarks.peft_memory       # writes benchmarks/results/peft_memory.json
+    python -m benchmarks.memory.peft_memory       # writes benchmarks/results/peft_memory.json
 """
 
 from __future__ import annotations

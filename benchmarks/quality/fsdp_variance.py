@@ -1,6 +1,6 @@
 """Variance of the all-reduced PRAC gradient: 1 data-parallel rank against W (FSDP2).
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.fsdp_variance --reps 200
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.quality.fsdp_variance --reps 200
 
 PRAC's weight gradient is an unbiased estimate: dW~ = dYᵀ X P with E[P] = I. Its error
 variance is Var = (c - 1) ‖dYᵀ X (I - Q1 Q1ᵀ)‖²_F for one draw of the random subspace Q2
@@ -37,10 +37,10 @@ from typing import Dict, Iterable, List
 import torch
 import torch.distributed as dist
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 from prac_dist.distributed import close_distributed  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_variance.json"
+RESULTS = result_path("fsdp_variance.json")
 CASES = ("replicated", "replicated_shared", "split")
 
 
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     result["seconds"] = round(time.time() - start, 1)
     if dist.get_rank() == 0:
         result["backend"] = dist.get_backend()
-        result["command"] = "torchrun --nproc_per_node %d -m benchmarks.fsdp_variance --reps %d" % (
+        result["command"] = "torchrun --nproc_per_node %d -m benchmarks.quality.fsdp_variance --reps %d" % (
             dist.get_world_size(), args.reps)
         print(_table(result))
         write_result(args.out, "fsdp_variance", result)

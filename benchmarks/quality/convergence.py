@@ -18,8 +18,8 @@ The vocabulary is cut to the `vocab` most frequent GPT-2 tokens of the training 
 map to one <unk> id) so that the output layer does not dominate a 64-wide model on 2 CPU cores;
 the loss is the usual next-token cross-entropy over that vocabulary.
 
-    python -m benchmarks.convergence                         # the committed run (~35 min on 2 busy cores)
-    python -m benchmarks.convergence --steps 20 --seeds 0 --long-factor 2 --out /tmp/c.json   # smoke
+    python -m benchmarks.quality.convergence                         # the committed run (~35 min on 2 busy cores)
+    python -m benchmarks.quality.convergence --steps 20 --seeds 0 --long-factor 2 --out /tmp/c.json   # smoke
 Prints a table and writes benchmarks/results/convergence.json and convergence.png.
 """
 
@@ -39,11 +39,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import RESULTS  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # Linear-layer ratios (principal_ratio, random_ratio); None = no PRAC. All compressed ones store 0.6 n.
 VARIANTS: Dict[str, Optional[Tuple[float, float]]] = {
@@ -398,7 +398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "validation_sequences_used": min(setup.eval_sequences, val.shape[0]),
                        "unk_share_train": unk},
               "environment": environment(), "lengths": {}}
-    result["command"] = "python -m benchmarks.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python -m benchmarks.quality.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = _resumed(args.out, setup) if args.resume and args.out.exists() else {}
     for other in args.merge:  # runs made in parallel processes, each into its own file

@@ -13,11 +13,11 @@ Per (model, setting) at --batch: peak allocated memory (torch.cuda.max_memory_al
 warm-up + timed steps) and tokens/s over --steps timed optimizer steps (after --warmup, which
 include PRAC's first principal refresh). Then the largest micro-batch that trains without
 torch.cuda.OutOfMemoryError (doubling, then bisection to --resolution) and its tokens/s.
-(Activation offload is a DeepSpeed feature: see benchmarks/deepspeed_gpu.py.)
+(Activation offload is a DeepSpeed feature: see benchmarks/gpu/deepspeed_gpu.py.)
 
-    python -m benchmarks.paper_table                      # needs CUDA; writes benchmarks/results/paper_table.json
-    python -m benchmarks.paper_table --models llama_130m --no-max-batch
-    python -m benchmarks.paper_table --dry-run            # CPU, a tiny model: checks the script, measures nothing
+    python -m benchmarks.gpu.paper_table                      # needs CUDA; writes benchmarks/results/paper_table.json
+    python -m benchmarks.gpu.paper_table --models llama_130m --no-max-batch
+    python -m benchmarks.gpu.paper_table --dry-run            # CPU, a tiny model: checks the script, measures nothing
 Exits with status 2 (and says why) when CUDA is not available, unless --dry-run.
 """
 
@@ -34,11 +34,12 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import result_path  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "paper_table.json"
+RESULTS = result_path("paper_table.json")
 MODELS = ("llama_130m", "llama_350m", "llama_1b")
 SETTINGS: Dict[str, Optional[Callable[[], PRACConfig]]] = {
     "baseline": None,

@@ -1,6 +1,6 @@
 """Weight-gradient quality on real activations of a trained model: PRAC vs pure random vs principal-only.
 
-The small LLaMA of benchmarks/convergence.py is trained on the bundled WikiText-2 (or loaded
+The small LLaMA of benchmarks/quality/convergence.py is trained on the bundled WikiText-2 (or loaded
 from --checkpoint), then one fixed held-out batch is pushed through it with each estimator:
 
     prac            r1 = 0.3 n principal + r2 = 0.3 n random directions (unbiased)
@@ -23,8 +23,8 @@ the numbers measure that layer's own estimator. Per compressed linear layer:
                  unbiased ones only Monte-Carlo noise, about sqrt(variance / K))
 and relative values divided by ‖dW‖²_F (‖dW‖_F for bias).
 
-    python -m benchmarks.grad_quality                      # the committed run (a few minutes)
-    python -m benchmarks.grad_quality --train-steps 5 --draws 4 --out /tmp/g.json   # smoke
+    python -m benchmarks.quality.grad_quality                      # the committed run (a few minutes)
+    python -m benchmarks.quality.grad_quality --train-steps 5 --draws 4 --out /tmp/g.json   # smoke
 Prints a table, writes benchmarks/results/grad_quality.json.
 """
 
@@ -43,7 +43,7 @@ from typing import Dict, List, Optional
 import torch
 
 from benchmarks._bench_env import environment  # noqa: E402
-from benchmarks.convergence import RESULTS, Setup, build_model, corpus, trained_baseline  # noqa: E402
+from benchmarks.quality.convergence import RESULTS, Setup, build_model, corpus, trained_baseline  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402

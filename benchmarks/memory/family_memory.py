@@ -10,7 +10,7 @@ parameters excluded, only tensors saved inside the decoder blocks) on CPU: what 
 not depend on the device. Also lists what discovery did: linear groups compressed / left exact, lean
 sites installed, modules left alone.
 
-    python -m benchmarks.family_memory [--width 256] [--batch 2] [--seq 256] [--families llama gemma2 ...]
+    python -m benchmarks.memory.family_memory [--width 256] [--batch 2] [--seq 256] [--families llama gemma2 ...]
 
 Prints a table and writes benchmarks/results/family_memory.json.
 """
@@ -25,10 +25,9 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
 
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 from benchmarks._tiny_models import FAMILIES, MOE, OUTSIDE_HF, batch, build, build_outside  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac  # noqa: E402
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES + OUTSIDE_HF), choices=list(FAMILIES + OUTSIDE_HF))
-    ap.add_argument("--out", default=str(HERE / "results" / "family_memory.json"))
+    ap.add_argument("--out", default=str(result_path("family_memory.json")))
     args = ap.parse_args(argv)
     start = time.time()
     rows = [measure(f, args.width, args.batch, args.seq) for f in args.families]

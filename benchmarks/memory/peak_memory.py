@@ -11,8 +11,8 @@ figures (Tables 2/4) are printed beside.
 micro-batch at a fixed sequence length, so two measured batches give the line, and --verify
 measures the predicted batch and the one above it (prac_dist.planner.measure.largest_micro_batch).
 
-    python -m benchmarks.peak_memory --model llama_130m --batches 128
-    python -m benchmarks.peak_memory --model llama_1b --batches 64 128 --fit --verify "HF" "PRACConfig()"
+    python -m benchmarks.memory.peak_memory --model llama_130m --batches 128
+    python -m benchmarks.memory.peak_memory --model llama_1b --batches 64 128 --fit --verify "HF" "PRACConfig()"
 
 Each row is written to benchmarks/results/peak_memory.json as it finishes (a rerun skips the rows
 the file holds, so a killed run resumes); --plot draws peak_memory.png (peak per setting, stacked by part).
@@ -31,9 +31,9 @@ from typing import Dict, List
 from prac_dist.planner.measure import (OPTIMIZERS, RECIPES, largest_micro_batch, measure_peak, measure_peak_by_depth,
                                       num_layers)
 
-from benchmarks._bench_env import command_line, write_result
+from benchmarks._bench_env import command_line
+from benchmarks._harness import RESULTS, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "peak_memory.json"
 GIB = 2**30
 SEQ = 256

@@ -5,7 +5,7 @@ SwiGLU backward is nonlinear in its saved input, so feeding it an unbiased X~ (i
 rounding, PRACConfig(); or the projection Z [Q1 | Q2]ᵀ, paper()) gives E[f(X~)] != f(X) in general: a bias
 that does not average out over steps. This benchmark measures it.
 
-The small LLaMA of benchmarks/convergence.py is trained (baseline, --train-steps), then one fixed
+The small LLaMA of benchmarks/quality/convergence.py is trained (baseline, --train-steps), then one fixed
 held-out batch is pushed through it --draws times per setting; each draw redraws every random part
 (int8 roundings, Q2; Q1 stays the one of this batch, as after a refresh). Per decoder layer:
 
@@ -23,8 +23,8 @@ and for each, against the exact gradient g of the uncompressed model:
 
 An unbiased estimator gives bias ≈ se (ratio ≈ 1); ratio >> 1 means a detectable bias.
 
-    python -m benchmarks.nonlinear_bias            # writes benchmarks/results/nonlinear_bias.json
-    python -m benchmarks.nonlinear_bias --train-steps 5 --draws 4 --out /tmp/b.json   # smoke
+    python -m benchmarks.quality.nonlinear_bias            # writes benchmarks/results/nonlinear_bias.json
+    python -m benchmarks.quality.nonlinear_bias --train-steps 5 --draws 4 --out /tmp/b.json   # smoke
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import prac_dist
 from prac_dist import PRACConfig
 
 from benchmarks._bench_env import write_result  # noqa: E402
-from benchmarks.convergence import RESULTS, Setup, corpus, trained_baseline  # noqa: E402
+from benchmarks.quality.convergence import RESULTS, Setup, corpus, trained_baseline  # noqa: E402
 
 NEVER = 10 ** 9
 # Q1 fixed from this batch (as after a refresh), every random part redrawn at each draw.
@@ -155,7 +155,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     per = {name: measure(model, ids, make(args.seed), args.draws, exact) for name, make in SETTINGS.items()}
     print_table(per, args.draws)
     write_result(args.out, "nonlinear_bias", {
-        "command": "python -m benchmarks.nonlinear_bias " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.quality.nonlinear_bias " + " ".join(argv if argv is not None else sys.argv[1:]),
         "setup": setup.__dict__, "trained_steps": args.train_steps, "trained_val_loss": run["final_val_loss"],
         "draws": args.draws, "batch": [args.batch, setup.seq_len], "settings": per,
         "seconds": time.perf_counter() - t0}, torch_threads=1)

@@ -15,7 +15,7 @@ ffn 2048, 12 heads, vocab 32000, SDPA):
   time    CPU seconds of a training step (forward, loss, backward, PRAC step), settings
           interleaved in one process, median of --time-steps steps after one warm-up round.
 
-    python -m benchmarks.compute [--shapes llama_130m llama_1b] [--layers 2] [--skip-time]
+    python -m benchmarks.compute.compute [--shapes llama_130m llama_1b] [--layers 2] [--skip-time]
 
 Prints a table, writes benchmarks/results/compute.json and the Pareto picture compute.png
 (decoder bytes ratio against decoder FLOP ratio, one labelled point per setting).
@@ -43,9 +43,8 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import PRESETS, build_model
 from prac_dist.planner.measure import SAVED_OPS
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import RESULTS, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 aten = torch.ops.aten
 
 __all__ = ["settings", "count_flops", "count_bytes", "decomposition_flops", "SAVED_OPS"]
@@ -143,7 +142,7 @@ def settings() -> Dict[str, dict]:
         f"PRACConfig(storage_bits={other_bits})": {"prac": PRACConfig(storage_bits=other_bits)},
         "PRAC lean (compress_nonlinear=False)": {"prac": _lean()},
         # The paper's own schedule (T1 = 500 for every basis, exact eigh), which the planner models;
-        # PRACConfig.paper() re-solves the norm/SwiGLU bases every step (benchmarks/nonlinear_refresh.py).
+        # PRACConfig.paper() re-solves the norm/SwiGLU bases every step (benchmarks/quality/nonlinear_refresh.py).
         "PRAC paper": {"prac": _paper(**PAPER_SCHEDULE)},
         "PRAC paper, 8-bit": {"prac": _paper(storage_bits=8, **PAPER_SCHEDULE)},
     }

@@ -4,7 +4,7 @@ Default: the full LLaMA-130M shape (hidden 768, 12 layers, 12 heads, ffn 2048,
 vocab 32000, SDPA, bf16), batch 4 x 256. Counted with prac_dist.memory.measure_saved_bytes
 (each storage once, parameters excluded) on CPU: what autograd keeps does not depend on the device.
 
-    python -m benchmarks.fused_loss_memory [--model llama_130m] [--batch 4] [--seq 256]
+    python -m benchmarks.memory.fused_loss_memory [--model llama_130m] [--batch 4] [--seq 256]
 
 Prints a table and writes benchmarks/results/fused_loss_memory.json.
 """
@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,9 +24,8 @@ from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import PRESETS, build_model
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import RESULTS, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _measure(model, x):

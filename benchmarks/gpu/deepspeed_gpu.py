@@ -1,7 +1,7 @@
 """Peak GPU memory and tokens/s of LLaMA-350M under DeepSpeed ZeRO-2 and ZeRO-3, with and without
 PRAC and PRAC's compressed activation offload (GPU only; one process per GPU).
 
-    deepspeed --num_gpus 1 --module benchmarks.deepspeed_gpu [--batch 64 --seq 256 --steps 12]
+    deepspeed --num_gpus 1 --module benchmarks.gpu.deepspeed_gpu [--batch 64 --seq 256 --steps 12]
 
 Each variant runs in a fresh engine: `--steps` optimizer steps of random tokens (bf16, AdamW),
 the first 2 untimed (warm-up, PRAC's first principal refresh). Reported: peak allocated memory
@@ -18,13 +18,12 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import result_path, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_gpu.json"
+RESULTS = result_path("deepspeed_gpu.json")
 # LLaMA-350M as in GaLore / the PRAC paper: hidden 1024, 24 layers, 16 heads, ffn 2736, vocab 32000.
 LLAMA_350M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
                   intermediate_size=2736, vocab_size=32000)

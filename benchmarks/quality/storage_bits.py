@@ -1,6 +1,6 @@
 """8-bit vs 16-bit storage of the PRAC activations Z: stored bytes and training loss.
 
-    python -m benchmarks.storage_bits [--steps 150] [--hidden 128]
+    python -m benchmarks.quality.storage_bits [--steps 150] [--hidden 128]
 
 1. Bytes saved for backward (prac_dist.memory.measure_saved_bytes, bf16 model, one
    forward + loss) and the bytes of Z alone (tensors the core marks compressed).
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import result_path  # noqa: E402
 from benchmarks._real_activations import wikitext_tokens  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac, hook_optimizer  # noqa: E402
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "storage_bits.json"))
+    p.add_argument("--out", default=str(result_path("storage_bits.json")))
     args = p.parse_args(argv)
 
     sizes = stored_bytes(args.hidden, args.layers, args.seq, args.batch)

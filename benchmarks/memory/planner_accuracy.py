@@ -9,7 +9,7 @@ applies the PRACConfig itself and predicts from Setting.from_config(config), so 
 changes both sides. Measured with prac_dist.memory.measure_saved_bytes; predicted with
 prac_dist.planner.saved_bytes (a formula, no measurement). Target: within 5%.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.planner_accuracy [--batch 1 8] [--seq 128]
+    OMP_NUM_THREADS=1 python -m benchmarks.memory.planner_accuracy [--batch 1 8] [--seq 128]
 
 Two micro-batches by default: 1 x 128 tokens, every case (the fused head's 'auto' runs 'recompute'),
 and 8 x 128, where 'auto' runs 'store' (store_fits: from about d tokens on: 517 at LLaMA-60M, 776 at
@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 from typing import List, Tuple, Union
 
 import torch
@@ -39,9 +38,8 @@ from prac_dist.models import PRESETS, build_model
 from prac_dist.planner import Setting, saved_bytes
 from prac_dist.planner.activations import head_backward
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import RESULTS, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 Case = Union[Setting, PRACConfig]
 """A baseline (a Setting without PRAC: HF's head or the fused one) or a PRACConfig to apply."""
