@@ -24,7 +24,7 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Dict, List, Mapping
 
 import torch
@@ -143,5 +143,12 @@ def write_result(path, benchmark: str, fields: Mapping[str, Any], **env_extra: A
         raise ValueError(f"benchmark result {path}: " + "; ".join(problems))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(result, indent=1, default=_json_path) + "\n")
     return path
+
+
+def _json_path(value: Any) -> str:
+    """Paths (a script's --out, recorded with its arguments) as strings; anything else stays an error."""
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -23,12 +23,10 @@ Prints a table, writes benchmarks/results/compute.json and the Pareto picture co
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -43,7 +41,7 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import PRESETS, build_model
 from prac_dist.planner.measure import SAVED_OPS
 
-from benchmarks._harness import RESULTS, write_result  # noqa: E402
+from benchmarks._harness import parser, result_path, write_result  # noqa: E402
 
 aten = torch.ops.aten
 
@@ -326,10 +324,9 @@ def plot(results: Dict[str, dict], path: Path) -> Optional[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="compute.json", seed=0, seq=256)
     ap.add_argument("--shapes", nargs="+", default=["llama_130m"], choices=sorted(PRESETS))
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--flop-batch", type=int, default=8)
     ap.add_argument("--byte-batch", type=int, default=4)
     ap.add_argument("--time-batch", type=int, default=2)
@@ -337,13 +334,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                     help="measure only these settings (names as in the table; the baseline is always measured)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=None, help="override the shape's vocabulary (smoke tests)")
     ap.add_argument("--hidden", type=int, default=None, help="override hidden size (smoke tests)")
     ap.add_argument("--ffn", type=int, default=None, help="override the MLP width (smoke tests)")
     ap.add_argument("--heads", type=int, default=None, help="override the head count (smoke tests)")
-    ap.add_argument("--out", default=str(RESULTS / "compute.json"))
-    ap.add_argument("--png", default=str(RESULTS / "compute.png"))
+    ap.add_argument("--png", default=str(result_path("compute.png")))
     args = ap.parse_args(argv)
     if args.time_steps < 5 and not args.skip_time:
         ap.error(f"--time-steps={args.time_steps}: accepted is at least 5 (a median of fewer is noise)")

@@ -28,9 +28,6 @@ from typing import Dict, List, Optional
 
 import torch
 
-from benchmarks._harness import result_path
-
-RESULTS = result_path("gpu_check.json")
 # Kernel shape: LLaMA-1B's layer (benchmarks/kernels/kernel_timing.py); dry run: a tiny one the interpreter runs in seconds.
 KERNEL_SHAPE = {"gpu": dict(N=8192, hidden=2048, ffn=5461), "dry": dict(N=64, hidden=64, ffn=176)}
 # Largest difference relative to the reference's largest entry, per output dtype: one ulp of that entry
@@ -159,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="no new largest-batch trial starts after this many seconds (8 min wall in all)")
-    p.add_argument("--out", type=Path, help=f"JSON path (default {RESULTS} on CUDA; a dry run writes only with it)")
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/gpu_check.json on CUDA; a dry run writes only with it)")
     args = p.parse_args(argv)
     if args.dry_run:
         args.batch, args.seq, args.steps, args.warmup, args.search_limit, args.resolution = 2, 16, 1, 1, 4, 1
@@ -177,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cpu" if args.dry_run else "cuda")
     from transformers.utils import logging as hf_logging
 
-    from benchmarks._harness import write_result
+    # The harness imports prac_dist, and with it triton: only now that TRITON_INTERPRET is set.
+    from benchmarks._harness import result_path, write_result
 
     hf_logging.set_verbosity_error()
     t0 = time.perf_counter()
@@ -187,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     fields = {"dry_run": args.dry_run, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "peak_bandwidth_GBps": peak, "kernels": kernels, "llama_130m": training,
               "wall_s": time.perf_counter() - t0}
-    path = args.out if args.out is not None else (None if args.dry_run else RESULTS)
+    path = args.out if args.out is not None else (None if args.dry_run else result_path("gpu_check.json"))
     if path is not None:
         extra = {"note": "dry run on CPU (Triton interpreter): no GPU numbers"} if args.dry_run else {}
         write_result(path, "gpu_check", fields, **extra)

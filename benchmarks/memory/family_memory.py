@@ -17,7 +17,6 @@ Prints a table and writes benchmarks/results/family_memory.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -27,7 +26,7 @@ import torch
 
 
 
-from benchmarks._harness import result_path, write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 from benchmarks._tiny_models import FAMILIES, MOE, OUTSIDE_HF, batch, build, build_outside  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac  # noqa: E402
@@ -88,12 +87,9 @@ def measure(family: str, width: int, batch_size: int, seq: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="family_memory.json", batch=2, seq=256)
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES + OUTSIDE_HF), choices=list(FAMILIES + OUTSIDE_HF))
-    ap.add_argument("--out", default=str(result_path("family_memory.json")))
     args = ap.parse_args(argv)
     start = time.time()
     rows = [measure(f, args.width, args.batch, args.seq) for f in args.families]

@@ -39,9 +39,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks._harness import result_path, write_result  # noqa: E402
-
-RESULTS = result_path("init_memory.json")
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 
 
 def _status_bytes(field: str) -> int:
@@ -141,10 +139,7 @@ def _import_model_code(prac: bool) -> None:
     if prac:
         from prac_dist import PRACConfig, apply_prac
 
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        tiny = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, num_key_value_heads=2))
+        tiny = llama("llama_probe")
         apply_prac(tiny, PRACConfig())  # the patching modules and their kernels' imports
 
 
@@ -170,18 +165,16 @@ def compare(backend, cfg, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="init_memory.json", seed=0)
     ap.add_argument("--preset", default="llama_1b")
     ap.add_argument("--legacy", action="store_true", help="full CPU build on every rank, then broadcast + shard")
     ap.add_argument("--no-prac", action="store_true", help="shard the plain model (default: PRACConfig() applied)")
     ap.add_argument("--compare", action="store_true", help="check the gathered weights against the CPU build")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deepspeed", type=Path, default=None, metavar="CONFIG",
                     help="measure DeepSpeedBackend with this JSON (ZeRO-3: partitioned on build) instead of FSDP2")
     ap.add_argument("--shard-only", action="store_true",
                     help="DeepSpeed: build and partition only (DeepSpeedBackend.partition), not deepspeed.initialize, "
                          "which adds the partitioned fp32 master weights and Adam moments")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     args = ap.parse_args()
 

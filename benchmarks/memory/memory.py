@@ -11,7 +11,6 @@ depth. Saved bytes scale linearly with tokens, so a small CPU batch gives the pe
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -25,7 +24,7 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import hf_config
 from prac_dist.train.models import PRESETS
 
-from benchmarks._harness import result_path, write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,
@@ -65,14 +64,11 @@ def measure(name: str, batch: int, seq: int, layers: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="memory.json", batch=1, seq=256)
     ap.add_argument("--models", nargs="+", default=["llama_130m", "llama_350m", "llama_1b"], choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0,
                     help="decoder layers to build (0 = the preset's depth). Bytes per layer do not depend on "
                          "depth (130M: 1 layer and 12 layers give the same ratios), so 1B fits a CPU budget.")
-    ap.add_argument("--out", default=str(result_path("memory.json")))
     args = ap.parse_args(argv)
     results = {"batch": args.batch, "seq": args.seq, "dtype": "bfloat16", "attention": "sdpa", "models": {}}
     if Path(args.out).exists():  # runs at different depths accumulate into one results file

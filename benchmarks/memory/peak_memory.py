@@ -21,18 +21,17 @@ torch.compile is not measured: TorchDynamo does not trace under FakeTensorMode (
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 from prac_dist.planner.measure import (OPTIMIZERS, RECIPES, largest_micro_batch, measure_peak, measure_peak_by_depth,
                                       num_layers)
 
 from benchmarks._bench_env import command_line
-from benchmarks._harness import RESULTS, write_result
+from benchmarks._harness import RESULTS, parser, write_result
 
 OUT = RESULTS / "peak_memory.json"
 GIB = 2**30
@@ -241,7 +240,7 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--model", default="llama_130m")
     ap.add_argument("--batches", type=int, nargs="+", default=[128])
     ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))

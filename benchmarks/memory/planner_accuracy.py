@@ -23,7 +23,6 @@ Prints a table and writes benchmarks/results/planner_accuracy.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -38,7 +37,7 @@ from prac_dist.models import PRESETS, build_model
 from prac_dist.planner import Setting, saved_bytes
 from prac_dist.planner.activations import head_backward
 
-from benchmarks._harness import RESULTS, write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
 
 Case = Union[Setting, PRACConfig]
@@ -110,13 +109,11 @@ def _rows(name: str, model, x: torch.Tensor, cases: List[Tuple[str, Case]]) -> L
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="planner_accuracy.json", seq=128)
     ap.add_argument("--models", nargs="+", default=["llama_60m", "llama_130m", "gpt2_124m"], choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8],
                     help="micro-batches: the first runs every case (1 x 128 tokens: 'auto' recomputes), "
                          "the others LARGER_BATCH_CASES (8 x 128: 'auto' stores)")
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--out", default=str(RESULTS / "planner_accuracy.json"))
     args = ap.parse_args(argv)
     t0 = time.time()
     rows = []

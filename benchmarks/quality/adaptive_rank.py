@@ -11,8 +11,6 @@ over several seeds, and measures the bytes saved for backward of each (prac_dist
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import shutil
 import statistics
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._harness import ROOT, result_path, write_result
+from benchmarks._harness import ROOT, llama, parser, write_result
 
 POLICIES = ("off", "min_variance", "global")
 
@@ -40,7 +38,6 @@ def train(policy: str, seed: int, steps: int, out: Path, config: str) -> float:
 
 def stored_bytes(policy: str) -> int:
     """Bytes saved for backward by one demo-sized batch after the first refresh."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
 
     from prac_dist import PRACConfig, apply_prac, step
@@ -49,8 +46,7 @@ def stored_bytes(policy: str) -> int:
 
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=50257))
+    model = llama("llama_tiny_untied")
     apply_prac(model, PRACConfig(adaptive_rank=policy, storage_bits=16, linear_storage="project",
                                  nonlinear_storage="project"))
     tok = load_tokenizer("bundled:gpt2")
@@ -63,12 +59,11 @@ def stored_bytes(policy: str) -> int:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="adaptive_rank.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-steps", type=int, default=120)
     ap.add_argument("--config", default="configs/train/llama_tiny.yaml")
     ap.add_argument("--workdir", default="runs/adaptive_rank")
-    ap.add_argument("--out", default=str(result_path("adaptive_rank.json")))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = {p: {"val_loss": {}, "stored_bytes": stored_bytes(p)} for p in POLICIES}

@@ -26,33 +26,27 @@ formula are exact; dX is exact, so only the compressed weights' gradients carry 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Dict, Iterable, List
 
 import torch
 import torch.distributed as dist
 
-from benchmarks._harness import result_path, write_result  # noqa: E402
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 from prac_dist.distributed import close_distributed  # noqa: E402
 
-RESULTS = result_path("fsdp_variance.json")
 CASES = ("replicated", "replicated_shared", "split")
 
 
 def tiny_llama(hidden: int, layers: int, vocab: int, seq: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from prac_dist.models import ModelShape
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=seq, attention_dropout=0.0)
-    cfg._attn_implementation = "sdpa"
-    return LlamaForCausalLM(cfg)
+    return llama(ModelShape("llama", hidden=hidden, layers=layers, heads=4, ffn=2 * hidden, vocab=vocab,
+                            max_positions=seq), config=dict(attention_dropout=0.0))
 
 
 def _grads(model) -> Dict[str, torch.Tensor]:
@@ -155,10 +149,9 @@ def _table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=200, help="repetitions (seeds) per case and world size")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    ap = parser(__doc__, out="fsdp_variance.json")
+    ap.add_argument("--reps", type=int, default=200, help="repetitions (seeds) per case and world size")
+    args = ap.parse_args(argv)
     if args.reps < 2:
         print(f"--reps={args.reps}: accepted is an integer >= 2", file=sys.stderr)
         return 2

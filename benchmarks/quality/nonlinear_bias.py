@@ -29,11 +29,9 @@ An unbiased estimator gives bias ≈ se (ratio ≈ 1); ratio >> 1 means a detect
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -41,8 +39,8 @@ import torch
 import prac_dist
 from prac_dist import PRACConfig
 
-from benchmarks._bench_env import write_result  # noqa: E402
-from benchmarks.quality.convergence import RESULTS, Setup, corpus, trained_baseline  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
+from benchmarks.quality.convergence import Setup, corpus, trained_baseline  # noqa: E402
 
 NEVER = 10 ** 9
 # Q1 fixed from this batch (as after a refresh), every random part redrawn at each draw.
@@ -132,12 +130,9 @@ def print_table(per: Dict[str, Dict[str, dict]], draws: int) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--draws", type=int, default=64)
-    p.add_argument("--batch", type=int, default=16, help="held-out sequences in the measured batch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "nonlinear_bias.json")
+    p = parser(__doc__, out="nonlinear_bias.json", seed=0, batch=16, batch_help="held-out sequences in the measured batch")
+    p.add_argument("--train-steps", type=int, default=300, help="baseline training steps before measuring")
+    p.add_argument("--draws", type=int, default=64, help="gradient draws per setting")
     args = p.parse_args(argv)
     if args.draws < 2:
         p.error(f"--draws={args.draws}: accepted is an integer >= 2 (the spread needs two draws)")

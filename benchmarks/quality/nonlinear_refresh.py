@@ -20,7 +20,6 @@ Writes benchmarks/results/nonlinear_refresh.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -34,9 +33,8 @@ import torch
 from prac_dist import PRACConfig
 from prac_dist.core.subspace import Compressor
 
-from benchmarks._harness import result_path, write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
-OUT = result_path("nonlinear_refresh.json")
 NEVER = 10 ** 9  # an interval no run reaches
 
 # Schedule -> the PRACConfig.paper() fields it sets (every one also redraws Q2 at each Q1 refresh).
@@ -150,14 +148,13 @@ def flops(shape_name: str, shape, batch: int, seq: int, run_steps: List[int], sc
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, out="nonlinear_refresh.json")
     ap.add_argument("--part", choices=["quality", "flops"], required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--shapes", nargs="+", default=["training shape (64 wide)", "LLaMA-130M layer"],
                     choices=["training shape (64 wide)", "LLaMA-130M layer"], help="--part flops: which shapes")
-    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--merge", type=Path, nargs="+", default=[],
                     help="add the quality runs and FLOP counts of these result files (made in parallel) first")
     args = ap.parse_args(argv)

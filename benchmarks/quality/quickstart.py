@@ -8,7 +8,6 @@ Takes about 5 minutes on an idle 2-core CPU (two 120-step trainings, then 20 alt
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._harness import ROOT, result_path, write_result
+from benchmarks._harness import ROOT, parser, write_result
 from prac_dist.train.report import split_saved
 from prac_dist.train.timing import step_time_summary
 
@@ -40,8 +39,7 @@ def _summarize(run_dir: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(result_path("quickstart.json")))
+    ap = parser(__doc__, out="quickstart.json")
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "quickstart"))
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)

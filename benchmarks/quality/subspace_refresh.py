@@ -13,17 +13,13 @@ a real measurement here: the refresh is matmul/LAPACK-bound PyTorch on any devic
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
-from benchmarks._harness import result_path  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 from benchmarks._real_activations import trained_llama_activations  # noqa: E402
 
 from prac_dist.kernels import captured_energy, principal_basis, randomized_principal_basis  # noqa: E402
@@ -49,11 +45,10 @@ def _time(fn, repeats):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out="subspace_refresh.json")
     p.add_argument("--steps", type=int, default=20, help="AdamW steps before capturing activations")
     p.add_argument("--tokens", type=int, default=4096, help="N, tokens per batch")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(result_path("subspace_refresh.json")))
+    p.add_argument("--repeats", type=int, default=3, help="timings per method (the median is kept)")
     args = p.parse_args(argv)
 
     acts = trained_llama_activations(hidden=768, ffn=2048, layers=2, steps=args.steps, seq=128, batch=4,
@@ -87,10 +82,9 @@ def main(argv=None) -> int:
         print(f"{row['activation']:<13}{row['N']:>6}{row['n']:>6}{row['r']:>5}  {row['method']:<26}"
               f"{1e3 * row['seconds']:>9.1f}{row['energy']:>9.4f}{row['energy_vs_exact']:>10.5f}"
               f"{row['speedup_vs_eigh_fp32']:>8.2f}x")
-    result = {"benchmark": "subspace_refresh", "environment": environment(), "final_train_loss": float(acts["final_loss"]),
+    result = {"final_train_loss": float(acts["final_loss"]),
               "args": vars(args), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, "subspace_refresh", result)
     print(f"wrote {args.out}")
     return 0
 
