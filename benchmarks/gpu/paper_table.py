@@ -63,7 +63,7 @@ class Bench:
         if make is not None:
             prac_dist.apply_prac(model, make())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
-        return model, opt, shape["vocab_size"]
+        return model, opt, s.vocab
 
     def train_step(self, model, opt, ids: torch.Tensor) -> None:
         loss = model(input_ids=ids, labels=ids).loss
