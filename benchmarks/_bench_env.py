@@ -131,7 +131,7 @@ def check_result(result: Any) -> List[str]:
             problems.append(f"environment.{key}={env[key]!r}: expected {' or '.join(t.__name__ for t in types)}")
     for legacy in ("hardware", "software"):
         if legacy in result:
-            problems.append(f"{legacy}: the old schema's key; its fields belong in environment")
+            problems.append(f"{legacy}: not a key of this schema; its fields belong in environment")
     return problems
 
 

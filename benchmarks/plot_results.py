@@ -36,7 +36,7 @@ _OTHER_NAMES = {
     "PRACConfig() + full checkpointing": (None, None),
 }
 # How a row is shown: the "paper()" rows were measured with every basis on the paper's own schedule (refresh
-# every T1 steps; PRACConfig.paper() now re-solves the norm/SwiGLU bases every step: docs/results.md).
+# every T1 steps; PRACConfig.paper() re-solves the norm/SwiGLU bases every step: docs/results.md).
 _DISPLAY = {"paper()": "the paper's method, its T1 schedule"}
 
 
@@ -117,7 +117,7 @@ def adaptive_variance_table(res: dict) -> List[str]:
 def paper_table(res: Optional[dict]) -> List[str]:
     out = ["### Paper Table 2 setting on a GPU (`benchmarks/results/paper_table.json`)", ""]
     if res is None:
-        return out + ["Not measured yet: no GPU was available. Run `python -m benchmarks.gpu.paper_table` on one.", ""]
+        return out + ["Not measured yet: it needs a GPU. Run `python -m benchmarks.gpu.paper_table` on one.", ""]
     hw = res["environment"]
     out += [f"{hw.get('gpu')}, driver {hw.get('driver')}, CUDA {hw.get('cuda')}; torch {hw['torch']}. "
             f"Sequence {res['setting']['seq']}, {res['setting']['dtype']}.", "",

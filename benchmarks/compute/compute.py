@@ -158,7 +158,8 @@ def _selected(names) -> Dict[str, dict]:
 
 
 def _checkpoint_layers(model, kwargs: dict) -> None:
-    """HF activation checkpointing of every decoder layer (transformers 5 renamed gradient_checkpointing_enable)."""
+    """HF activation checkpointing of every decoder layer (transformers 5: activation_checkpointing_enable; older:
+    gradient_checkpointing_enable)."""
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:

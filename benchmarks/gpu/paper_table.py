@@ -44,7 +44,7 @@ SETTINGS: Dict[str, Optional[Callable[[], PRACConfig]]] = {
     "prac_paper": lambda: PRACConfig.paper(fused_loss=False),
     "prac_full": lambda: PRACConfig(fused_loss=True, storage_bits=8, principal_solver="randomized", kernel="auto"),
 }
-# The issue's goals for LLaMA-130M at micro-batch 128 x 256 (paper: PRAC 15.65 GB, baseline 21.26 GB).
+# Goals for LLaMA-130M at micro-batch 128 x 256 (paper: PRAC 15.65 GB, baseline 21.26 GB).
 GOAL_PEAK_BYTES = 12e9
 GOAL_SPEED_RATIO = 0.95
 TINY = "llama_64x2"  # --tiny / --dry-run: builds and steps in well under a second on one CPU core
@@ -180,7 +180,7 @@ def gpu_extras(device: torch.device) -> Dict:
 
 
 def goals(results: Dict) -> Dict:
-    """The issue's goals for LLaMA-130M at the paper's batch, met or missed by how much."""
+    """The goals for LLaMA-130M at the paper's batch (GOAL_*), met or missed by how much."""
     rows = results.get("llama_130m", {})
     if "baseline" not in rows or "prac_full" not in rows:
         return {}

@@ -42,7 +42,7 @@ def _bytes(model, inputs) -> int:
     return measure_saved_bytes(lambda: model(**inputs).loss, model, scope=find_decoder_layers(model)).total_bytes
 
 
-# The bounds for the decoders outside Hugging Face at PRACConfig() (HF families: 0.75, MoE 1.0).
+# Bounds the decoders outside Hugging Face must meet at PRACConfig() (HF families: 0.75, MoE 1.0).
 OUTSIDE_LIMIT = {"nanogpt": 0.55}
 
 

@@ -17,10 +17,10 @@ materialises and initialises its own shard; the AdamW states are created lazily 
 they are not in this number). The peak is the kernel's VmHWM of the rank's process: reset (clear_refs
 5) after imports and process-group setup, so the row's `peak_above_start_bytes` is what building and
 sharding added; `peak_bytes` is the absolute peak including the Python/torch/transformers imports.
-`ratio` = peak_above_start_bytes / the full model's float32 bytes (the issue asks at most 0.6; a rank
+`ratio` = peak_above_start_bytes / the full model's float32 bytes (at most 0.6 is the bound, `limit_ratio`; a rank
 holds 1/W of the weights plus one block of draws, see prac_dist/train/meta_init.py).
 
---legacy builds the full model on every rank first (the path before meta init: CPU build, broadcast
+--legacy builds the full model on every rank first (no meta init: CPU build, broadcast
 from rank 0, shard), for comparison. --compare then gathers every parameter after init and checks it
 against the single-process CPU build of the same seed, bit for bit (rank 0 builds it after the peak
 was read). Results: rank 0 writes benchmarks/results/init_memory.json (rows keyed by preset and path,

@@ -28,7 +28,7 @@ from benchmarks._harness import parser, write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,
-    # Every input projected, as the labels say (PRACConfig() now stores some inputs in int8 instead).
+    # Every input projected, as the labels say (PRACConfig() stores some inputs in int8 instead).
     "prac_linear_only": PRACConfig.paper(compress_nonlinear=False, fused_loss=False, principal_solver="randomized"),
     "prac_paper_defaults": PRACConfig.paper(fused_loss=False, principal_solver="randomized"),
     "prac_defaults_int8": PRACConfig.paper(fused_loss=False, principal_solver="randomized", storage_bits=8),
