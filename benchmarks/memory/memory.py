@@ -14,17 +14,15 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.models.shapes import hf_config
 from prac_dist.train.models import PRESETS
 
-from benchmarks._harness import parser, write_result  # noqa: E402
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,
@@ -36,10 +34,8 @@ SETTINGS = {
 
 
 def build(name: str, layers: int) -> torch.nn.Module:
-    from transformers import LlamaForCausalLM
-
     torch.manual_seed(0)
-    return LlamaForCausalLM(hf_config(replace(PRESETS[name], layers=layers))).to(torch.bfloat16)
+    return llama(name, layers=layers).to(torch.bfloat16)
 
 
 def measure(name: str, batch: int, seq: int, layers: int = 0) -> dict:
