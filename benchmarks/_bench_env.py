@@ -1,10 +1,10 @@
 """One schema for every benchmarks/results/*.json, with the hardware named.
 
     {
-      "benchmark": "storage_bits",            # the script's name (benchmarks/<name>.py)
+      "benchmark": "storage_bits",            # the script's name (benchmarks/<group>/<name>.py)
       "environment": {                        # where the numbers were measured
         "commit": "794f885…", "dirty": [],    # required: the git commit measured, and files changed from it
-        "command": "python -m benchmarks.storage_bits --steps 300",   # required: how to rerun it
+        "command": "python -m benchmarks.quality.storage_bits --steps 300",   # required: how to rerun it
         "cpu": "AMD EPYC", "cpu_count": 2,    # required: the CPU (model name, else the architecture)
         "gpu": null,                          # required: the GPU's name, or null when none was used
         "torch": "2.13.0+cpu", "transformers": "5.25.0", "python": "3.11.7",   # required
@@ -24,7 +24,7 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Dict, List, Mapping
 
 import torch
@@ -131,7 +131,7 @@ def check_result(result: Any) -> List[str]:
             problems.append(f"environment.{key}={env[key]!r}: expected {' or '.join(t.__name__ for t in types)}")
     for legacy in ("hardware", "software"):
         if legacy in result:
-            problems.append(f"{legacy}: the old schema's key; its fields belong in environment")
+            problems.append(f"{legacy}: not a key of this schema; its fields belong in environment")
     return problems
 
 
@@ -143,5 +143,12 @@ def write_result(path, benchmark: str, fields: Mapping[str, Any], **env_extra: A
         raise ValueError(f"benchmark result {path}: " + "; ".join(problems))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path.write_text(json.dumps(result, indent=1, default=_json_path) + "\n")
     return path
+
+
+def _json_path(value: Any) -> str:
+    """Paths (a script's --out, recorded with its arguments) as strings; anything else stays an error."""
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

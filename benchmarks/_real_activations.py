@@ -1,6 +1,6 @@
 """Real activations for the kernel benchmarks: a small LLaMA trained briefly on WikiText-2.
 
-Shared by benchmarks/subspace_refresh.py (and usable from tests): the spectra of
+Shared by benchmarks/quality/subspace_refresh.py (and usable from tests): the spectra of
 activations of a trained model decay very differently from Gaussian noise, so the
 principal-subspace refresh is measured on these.
 """
@@ -36,13 +36,14 @@ def trained_llama_activations(hidden: int, ffn: int, layers: int, steps: int, se
     """Train a LlamaForCausalLM for `steps` AdamW steps on WikiText-2 valid, then return the
     float32 inputs [n_tokens, width] of every linear layer of the last decoder layer
     (attention input, o_proj input, MLP input, down_proj input) on held-out test text."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from prac_dist.models import ModelShape
+
+    from benchmarks._harness import llama
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=50257, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                      num_attention_heads=max(1, hidden // 64), num_key_value_heads=max(1, hidden // 64),
-                      max_position_embeddings=seq, tie_word_embeddings=True)
-    model = LlamaForCausalLM(cfg)
+    heads = max(1, hidden // 64)  # 64-wide heads; the GPT-2 tokenizer's vocabulary, tied head
+    model = llama(ModelShape("llama", hidden=hidden, layers=layers, heads=heads, ffn=ffn, vocab=50257, tied=True,
+                             max_positions=seq))
     train = wikitext_tokens("valid")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)

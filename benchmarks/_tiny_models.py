@@ -1,6 +1,6 @@
 """Tiny random-weight decoders of every family the patching tests cover (each builds in well under 1 s).
 
-Used by tests/patching and benchmarks/family_memory.py (with a larger width), so the test and the measurement build the
+Used by tests/patching and benchmarks/memory/family_memory.py (with a larger width), so the test and the measurement build the
 same models.
 """
 

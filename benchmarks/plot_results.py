@@ -36,7 +36,7 @@ _OTHER_NAMES = {
     "PRACConfig() + full checkpointing": (None, None),
 }
 # How a row is shown: the "paper()" rows were measured with every basis on the paper's own schedule (refresh
-# every T1 steps; PRACConfig.paper() now re-solves the norm/SwiGLU bases every step: docs/results.md).
+# every T1 steps; PRACConfig.paper() re-solves the norm/SwiGLU bases every step: docs/results.md).
 _DISPLAY = {"paper()": "the paper's method, its T1 schedule"}
 
 
@@ -117,7 +117,7 @@ def adaptive_variance_table(res: dict) -> List[str]:
 def paper_table(res: Optional[dict]) -> List[str]:
     out = ["### Paper Table 2 setting on a GPU (`benchmarks/results/paper_table.json`)", ""]
     if res is None:
-        return out + ["Not measured yet: no GPU was available. Run `python -m benchmarks.paper_table` on one.", ""]
+        return out + ["Not measured yet: it needs a GPU. Run `python -m benchmarks.gpu.paper_table` on one.", ""]
     hw = res["environment"]
     out += [f"{hw.get('gpu')}, driver {hw.get('driver')}, CUDA {hw.get('cuda')}; torch {hw['torch']}. "
             f"Sequence {res['setting']['seq']}, {res['setting']['dtype']}.", "",
@@ -236,7 +236,7 @@ def _load(name: str) -> Optional[dict]:
 def render_headline() -> str:
     peak = _load("peak_memory.json")
     if peak is None:
-        raise SystemExit("benchmarks/results/peak_memory.json is missing: run python -m benchmarks.peak_memory")
+        raise SystemExit("benchmarks/results/peak_memory.json is missing: run python -m benchmarks.memory.peak_memory")
     return "\n".join([HEAD_BEGIN, ""] + headline_table(peak, _load("compute_1b.json"),
                                                        _load("convergence_presets.json")) + [""]
                      + headline_sentences(peak) + ["", HEAD_END])
@@ -313,7 +313,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.check:
         return 0 if ok else 1
 
-    from benchmarks.convergence import plot
+    from benchmarks.quality.convergence import plot
 
     for conv in sorted(RESULTS.glob("convergence*.json")):
         plot(json.loads(conv.read_text()), conv.with_suffix(".png"))

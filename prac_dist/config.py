@@ -60,8 +60,8 @@ class PRACConfig:
     storage_bits: Literal[16, 8] = 8
     """Bits of a projected Z: 16 stores it in the activation dtype; 8 (default) in int8 with per-row scales and
     stochastic rounding, still unbiased: r + 4 bytes per token instead of 2r, +0.16% final val loss in training
-    (benchmarks/results/storage_bits.json). With 16, PRACConfig() saves 0.452 of the decoder's bytes on the
-    LLaMA-130M layer shape instead of 0.43 (goal <= 0.45)."""
+    (benchmarks/results/storage_bits.json). With 16, PRACConfig() keeps 0.453 of the decoder's saved bytes on
+    the LLaMA-130M layer shape, with 8 0.427 (benchmarks/results/compute.json): 8 is what brings it under 0.45."""
     kernel: Literal["auto", "triton", "torch"] = "auto"
     """'auto' (Triton on CUDA, PyTorch elsewhere), 'triton' or 'torch'."""
     principal_solver: Literal["exact", "randomized"] = "exact"
@@ -70,8 +70,8 @@ class PRACConfig:
     """Install a chunked linear + cross-entropy head on causal LMs so the logits are never saved, and how it
     gets its gradients: 'store' (computed in forward, kept until backward: the head's 3 matmuls), 'recompute'
     (logits recomputed in backward: 4 matmuls, keeps only the hidden states + logsumexp), 'auto' (store when
-    its dX + float32 dW are at most the float32 logits, prac_dist.loss.linear_cross_entropy.store_fits). true = 'auto' (configs
-    written before the modes existed); false = HF's own head."""
+    its dX + float32 dW are at most the float32 logits, prac_dist.loss.linear_cross_entropy.store_fits). true = 'auto';
+    false = HF's own head."""
     adaptive_rank: Literal["off", "min_variance", "energy", "global"] = "off"
     """'off': fixed r1, r2. 'min_variance': at each principal refresh choose r1 per layer (r1 + r2 fixed,
     so stored bytes are those of the ratios) minimising PRAC's variance bound (c - 1)‖X - XQ1Q1ᵀ‖²

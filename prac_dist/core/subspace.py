@@ -419,7 +419,7 @@ class Compressor:
         self.r1, self.r2 = int(state["r1"]), int(state["r2"])
         if self.adaptive == "global":  # its budget moves too; the model's total is checked by the caller
             self.budget, self.followup = int(state["budget"]), bool(state["followup"])
-        # Counters go where they were (refresh() moves them with the keys); old checkpoints hold them as ints.
+        # Counters go where they were (refresh() moves them with the keys); the checkpoint holds them as ints.
         self.draws = torch.tensor(int(state["draws"]), dtype=torch.int64, device=self.draws.device)
         self.roundings = torch.tensor(int(state.get("roundings", 0)), dtype=torch.int64, device=self.draws.device)
         self.principal_due, self.random_due = bool(state["principal_due"]), bool(state["random_due"])

@@ -12,7 +12,7 @@ Every step is a matmul or a thin QR, so it runs near GEMM speed on any device.
 Activation spectra decay fast and Q1 drifts slowly between refreshes (T1 = 500
 optimizer steps), so a warm start needs few iterations; the captured energy is
 checked against the exact refresh production runs (`principal_basis`, here too) in tests/kernels
-and benchmarks/subspace_refresh.py. Matmul-bound, so PyTorch only: no Triton kernel.
+and benchmarks/quality/subspace_refresh.py. Matmul-bound, so PyTorch only: no Triton kernel.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ weight needs no gradient). With lora_dropout = 0 (PEFT's default) A reads the ve
 tensor X the base layer reads, so q/k/v's A matrices share one basis and one stored Z,
 exactly as their W would without LoRA; dA = s·(Bᵀ dY)ᵀ Z [Q1 | Q2]ᵀ is unbiased, and
 exact at full rank. With dropout each A reads its own dropped copy: still compressed
-(one Z per copy), no longer shared.
+(one Z per copy), not shared.
 
 The A module is kept (same object, same Parameter, so ZeRO-3 / FSDP2 hooks on it stay);
 only its `forward` is replaced by an instance attribute, which `remove_prac` deletes.

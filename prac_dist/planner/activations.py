@@ -3,7 +3,7 @@
 Per token, per module type, for Hugging Face LLaMA-family and GPT-2 models with SDPA
 attention (b = bytes of the model dtype). The terms were read off what HF and prac_dist
 actually save (a saved-tensor hook, transformers 5.x, torch 2.13; see
-benchmarks/planner_accuracy.py, which checks the totals against measure_saved_bytes):
+benchmarks/memory/planner_accuracy.py, which checks the totals against measure_saved_bytes):
 
 LLaMA decoder layer, HF:
   RMSNorm (x2)        x.float() (4d) + rstd (4) + normalised x in the model dtype (bd)

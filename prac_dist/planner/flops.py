@@ -1,6 +1,6 @@
 """FLOPs per training step (forward, loss, backward) as formulas of the shape: what each setting costs.
 
-Counted the way benchmarks/compute.py counts (torch.utils.flop_counter.FlopCounterMode: matmuls and
+Counted the way benchmarks/compute/compute.py counts (torch.utils.flop_counter.FlopCounterMode: matmuls and
 attention, plus QR 2mn² and eigh 9n³), so the two can be held to each other (tests/planner):
 
   decoder layer   6·N·P (P: the layer's linear weights; forward, dX, dW) + attention 14·B·S²·d

@@ -8,7 +8,7 @@ Peak = model states (parameters, gradients, optimizer: ZeRO paper accounting, sh
        one checkpointed layer's recompute)
      + engine buffers (ZeRO-3/FSDP2 gathered parameters, ZeRO-1/2 gradient bucket).
 Compute = FLOPs of one training step (prac_dist.planner.flops: recompute, PRAC's projections and
-amortised refreshes, the loss head), held within 5% of benchmarks/compute.py's count.
+amortised refreshes, the loss head), held within 5% of benchmarks/compute/compute.py's count.
 Every term is a formula of the shape; nothing is measured at plan time.
 """
 

@@ -33,7 +33,7 @@ def build_model(cfg: ModelConfig, seq_len: int, seed: int, materialize: bool = T
     (prac_dist.train.meta_init): materialize=False returns them still on meta, for a backend that
     shards first and then calls meta_init.materialize (each rank allocates its shard only); the
     weights are the same bit for bit either way. Local models (model.name_or_path) are built by
-    Hugging Face as before, on CPU, whatever `materialize` says.
+    Hugging Face, on CPU, whatever `materialize` says.
     """
     torch.manual_seed(seed)
     if cfg.preset is not None:

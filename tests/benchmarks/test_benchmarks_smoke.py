@@ -12,7 +12,9 @@ BENCH = ROOT / "benchmarks"
 
 
 def _run(script, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", f"benchmarks.{Path(script).stem}", *map(str, args)], cwd=ROOT, capture_output=True,
+    """Run benchmarks/<script> (e.g. "gpu/paper_table.py") as a module, as its docstring says to."""
+    module = ".".join(("benchmarks", *Path(script).with_suffix("").parts))
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -21,20 +23,20 @@ def test_paper_table_refuses_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the refusal path is for CPU machines")
-    r = _run("paper_table.py", "--models", "llama_130m")
+    r = _run("gpu/paper_table.py", "--models", "llama_130m")
     assert r.returncode == 2
     assert "needs CUDA" in r.stderr and "--dry-run" in r.stderr
 
 
 def test_paper_table_rejects_cpu_without_tiny():
-    r = _run("paper_table.py", "--device", "cpu")
+    r = _run("gpu/paper_table.py", "--device", "cpu")
     assert r.returncode == 2 and "--tiny" in r.stderr
 
 
 @pytest.mark.slow  # times steps of a model
 def test_paper_table_dry_run(tmp_path):
     out = tmp_path / "pt.json"
-    r = _run("paper_table.py", "--dry-run", "--models", "llama_130m", "--out", out)
+    r = _run("gpu/paper_table.py", "--dry-run", "--models", "llama_130m", "--out", out)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["dry_run"] is True and res["environment"]["gpu"] is None
@@ -53,7 +55,7 @@ def test_paper_table_dry_run(tmp_path):
 @pytest.mark.slow  # trains 10 toy models
 def test_convergence_and_grad_quality_toy(tmp_path):
     conv = tmp_path / "conv.json"
-    r = _run("convergence.py", "--steps", "4", "--long-factor", "2", "--seeds", "0", "1",
+    r = _run("quality/convergence.py", "--steps", "4", "--long-factor", "2", "--seeds", "0", "1",
              "--long-variants", "baseline", "prac", "--long-seeds", "0", "--refresh-interval", "2",
              "--eval-sequences", "8",
              "--out", conv, "--save-model", tmp_path / "m.pt")
@@ -71,7 +73,7 @@ def test_convergence_and_grad_quality_toy(tmp_path):
     assert (tmp_path / "conv.png").stat().st_size > 0
 
     gq = tmp_path / "gq.json"
-    r = _run("grad_quality.py", "--checkpoint", tmp_path / "m.pt", "--draws", "3", "--batch", "4", "--out", gq)
+    r = _run("quality/grad_quality.py", "--checkpoint", tmp_path / "m.pt", "--draws", "3", "--batch", "4", "--out", gq)
     assert r.returncode == 0, r.stderr
     g = json.loads(gq.read_text())
     layers = g["per_layer"]["prac"]
@@ -91,7 +93,7 @@ def test_results_doc_matches_committed_results():
 @pytest.mark.slow  # builds and runs 13 model families
 def test_family_memory_smoke(tmp_path):
     out = tmp_path / "fm.json"
-    r = _run("family_memory.py", "--width", 32, "--seq", 16, "--families", "llama", "gemma2", "--out", out)
+    r = _run("memory/family_memory.py", "--width", 32, "--seq", 16, "--families", "llama", "gemma2", "--out", out)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [row["family"] for row in rows] == ["llama", "gemma2"]

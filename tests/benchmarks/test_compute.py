@@ -1,4 +1,4 @@
-"""benchmarks/compute.py at a toy shape: its counts are exact where the arithmetic is, and it runs end to end."""
+"""benchmarks/compute/compute.py at a toy shape: its counts are exact where the arithmetic is, and it runs end to end."""
 
 import dataclasses
 import json
@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from benchmarks import compute
+from benchmarks.compute import compute
 from prac_dist.models.shapes import PRESETS  # noqa: E402
 
 B, S = 2, 32

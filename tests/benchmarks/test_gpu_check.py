@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py end to end on CPU (--dry-run: tiny shapes, Triton's interpreter), so it cannot rot."""
+"""benchmarks/gpu/gpu_check.py end to end on CPU (--dry-run: tiny shapes, Triton's interpreter), so it cannot rot."""
 
 import json
 import os
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(*args, timeout=900):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "benchmarks.gpu.gpu_check", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -48,7 +48,7 @@ def test_refuses_without_cuda_and_writes_nothing():
 
 
 def test_kernel_comparison_tolerances():
-    from benchmarks import gpu_check
+    from benchmarks.gpu import gpu_check
 
     want = torch.ones(4, 8, dtype=torch.bfloat16)
     assert gpu_check.compare("k", want + 2 ** -7, want)["matches_reference"]  # one bf16 ulp at 1.0
@@ -69,7 +69,7 @@ def test_no_dry_run_result_is_committed():
 
 
 def test_largest_batch_search_stops_at_the_deadline(monkeypatch):
-    from benchmarks import paper_table
+    from benchmarks.gpu import paper_table
 
     clock = [0.0]
     monkeypatch.setattr(paper_table.time, "perf_counter", lambda: clock[0])

@@ -2,7 +2,7 @@
 vocab 32000, sdpa, bf16, batch 4 x 256), counted by prac_dist.memory's saved-tensor hook.
 
 Bytes per decoder layer do not depend on depth, so one layer gives the same ratios as twelve
-(benchmarks/memory.py measures the full 12-layer model: same ratios to 3 decimals).
+(benchmarks/memory/memory.py measures the full 12-layer model: same ratios to 3 decimals).
 """
 
 import copy

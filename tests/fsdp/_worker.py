@@ -148,7 +148,7 @@ def suite(out: Path) -> None:
 
 
 def variance(reps: int) -> dict:
-    from benchmarks import fsdp_variance  # the launching test puts the repository root on PYTHONPATH
+    from benchmarks.quality import fsdp_variance  # the launching test puts the repository root on PYTHONPATH
 
     return fsdp_variance.measure(reps=reps, cases=("replicated", "replicated_shared", "split"))
 

@@ -136,7 +136,7 @@ def test_variance_ratio_one_vs_two_ranks(suite):
     assert abs(rep["ratio"] - 2.0) < 0.3, rep
     # Control: one shared Q2 (per_rank_random=False) makes both ranks' estimates identical: ratio 1.
     assert abs(cases["replicated_shared"]["ratio"] - 1.0) < 1e-6, cases["replicated_shared"]
-    # Different rows per rank: between 1 and 2 (see benchmarks/fsdp_variance.py).
+    # Different rows per rank: between 1 and 2 (see benchmarks/quality/fsdp_variance.py).
     assert 1.0 < cases["split"]["ratio"] < 2.0, cases["split"]
 
 

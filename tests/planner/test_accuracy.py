@@ -1,6 +1,6 @@
 """The planner's saved-bytes formula against measure_saved_bytes on tiny LLaMA and GPT-2 models.
 
-The full-shape check (LLaMA-60M/130M, GPT-2 124M) is benchmarks/planner_accuracy.py; here its own
+The full-shape check (LLaMA-60M/130M, GPT-2 124M) is benchmarks/memory/planner_accuracy.py; here its own
 cases (baseline with HF's and the fused head in each backward mode, PRACConfig(), lean(), paper(),
 paper 8-bit, 16-bit Z, fused_loss False/'store'/'recompute'), measured by its own function, must hold
 on shapes small enough for CI. The prediction is a formula of the shape, so it must match at any size,
@@ -18,7 +18,7 @@ from prac_dist.models import PRESETS, build_model
 from prac_dist.planner import Setting, saved_bytes
 from prac_dist.planner.activations import head_backward
 
-from benchmarks import planner_accuracy as bench
+from benchmarks.memory import planner_accuracy as bench
 
 TINY = {
     "llama": dataclasses.replace(PRESETS["llama_60m"], hidden=64, layers=2, heads=4, ffn=176, vocab=1000),

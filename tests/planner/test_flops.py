@@ -1,4 +1,4 @@
-"""The planner's FLOPs per step against benchmarks/compute.py's count (FlopCounterMode + decompositions).
+"""The planner's FLOPs per step against benchmarks/compute/compute.py's count (FlopCounterMode + decompositions).
 
 The issue's bar is 5%; the formulas are exact for the steady step (matmuls and attention), and the
 refresh (amortised over the config's T1 steps) leaves out the complement basis's projections (~10% of a
@@ -14,11 +14,11 @@ from prac_dist.models import PRESETS
 from prac_dist.planner import Setting
 from prac_dist.planner.flops import step_flops
 
-from benchmarks import compute
+from benchmarks.compute import compute
 
 TINY = dataclasses.replace(PRESETS["llama_130m"], hidden=128, ffn=352, heads=4, vocab=1000, layers=2)
 B, S = 2, 64
-PAIRS = {  # benchmarks/compute.py setting -> the planner's Setting
+PAIRS = {  # benchmarks/compute/compute.py setting -> the planner's Setting
     "baseline": Setting(),
     "fused loss only": Setting(fused_loss=True),
     "full checkpointing (HF)": Setting(checkpoint_every=1),

@@ -124,7 +124,7 @@ def test_two_ranks_shard_on_meta_match_cpu_build_and_hold_half(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "benchmarks.init_memory", "--preset", "llama_60m", "--compare", "--out", str(out)]
+           "-m", "benchmarks.memory.init_memory", "--preset", "llama_60m", "--compare", "--out", str(out)]
     row = _launch(cmd, env, tmp_path, out)
     assert row["compare"]["identical"], row["compare"]
     # Each rank holds half the weights (0.5) plus one 64K-element block of draws and module objects.

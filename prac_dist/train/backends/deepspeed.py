@@ -89,7 +89,7 @@ class DeepSpeedBackend(TrainBackend):
 
     def partition(self, model: nn.Module, prac_config: Optional[Any], opt: OptimizerSpec) -> Dict[str, Any]:
         """Building and sharding, the first half of setup(): the process group, the resolved DeepSpeed config
-        (returned), and under ZeRO-3 a meta-built model's partitions. benchmarks/init_memory.py measures it."""
+        (returned), and under ZeRO-3 a meta-built model's partitions. benchmarks/memory/init_memory.py measures it."""
         import deepspeed
         import torch.distributed as dist
         from deepspeed.accelerator import get_accelerator
@@ -228,7 +228,7 @@ def _return_freed_memory() -> None:
     zero.Init broadcasts each whole parameter from rank 0, so the other ranks write (touch) all of it before
     keeping their partition. glibc serves tensors up to its dynamic mmap threshold (<= 32 MB: q/k/v/o of
     llama_1b) from the heap, and a freed one between two kept partitions stays resident: without the trim a
-    rank's memory grows with every parameter partitioned (benchmarks/init_memory.py --deepspeed measures it).
+    rank's memory grows with every parameter partitioned (benchmarks/memory/init_memory.py --deepspeed measures it).
     """
     libc = _libc()
     if libc is not None:

@@ -1,6 +1,6 @@
 """Weight-gradient quality on real activations of a trained model: PRAC vs pure random vs principal-only.
 
-The small LLaMA of benchmarks/convergence.py is trained on the bundled WikiText-2 (or loaded
+The small LLaMA of benchmarks/quality/convergence.py is trained on the bundled WikiText-2 (or loaded
 from --checkpoint), then one fixed held-out batch is pushed through it with each estimator:
 
     prac            r1 = 0.3 n principal + r2 = 0.3 n random directions (unbiased)
@@ -23,15 +23,13 @@ the numbers measure that layer's own estimator. Per compressed linear layer:
                  unbiased ones only Monte-Carlo noise, about sqrt(variance / K))
 and relative values divided by ‖dW‖²_F (‖dW‖_F for bias).
 
-    python -m benchmarks.grad_quality                      # the committed run (a few minutes)
-    python -m benchmarks.grad_quality --train-steps 5 --draws 4 --out /tmp/g.json   # smoke
+    python -m benchmarks.quality.grad_quality                      # the committed run (a few minutes)
+    python -m benchmarks.quality.grad_quality --train-steps 5 --draws 4 --out /tmp/g.json   # smoke
 Prints a table, writes benchmarks/results/grad_quality.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import sys
@@ -42,8 +40,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
-from benchmarks.convergence import RESULTS, Setup, build_model, corpus, trained_baseline  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
+from benchmarks.quality.convergence import Setup, build_model, corpus, trained_baseline  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
@@ -158,14 +156,11 @@ def print_table(per: Dict[str, Dict[str, Dict]], summary: Dict) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out="grad_quality.json", seed=0, threads=1, batch=16,
+               batch_help="held-out sequences in the fixed batch")
     p.add_argument("--checkpoint", type=Path, help="weights saved by convergence.py --save-model (else: train)")
     p.add_argument("--train-steps", type=int, default=300, help="baseline training steps when no --checkpoint")
     p.add_argument("--draws", type=int, default=64, help="gradient draws per unbiased estimator")
-    p.add_argument("--batch", type=int, default=16, help="held-out sequences in the fixed batch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=RESULTS / "grad_quality.json")
     args = p.parse_args(argv)
     if args.draws < 2:
         p.error(f"--draws={args.draws}: accepted is an integer >= 2 (a variance needs two draws)")
@@ -204,12 +199,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         per[est] = measure(model, ids, ratios, args.draws, args.seed, exact, storage=storage)
     summary = summarize(per)
     print_table(per, summary)
-    result = {"benchmark": "grad_quality", "setup": asdict(setup), "model": trained, "batch_sequences": args.batch,
+    result = {"setup": asdict(setup), "model": trained, "batch_sequences": args.batch,
               "draws": args.draws, "estimators": {k: list(v) for k, v in ESTIMATORS.items()},
               "compress_nonlinear": False, "per_layer": per, **summary,
-              "wall_s": {"train": t_train, "total": time.perf_counter() - t0}, "environment": environment()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+              "wall_s": {"train": t_train, "total": time.perf_counter() - t0}}
+    write_result(args.out, "grad_quality", result)
     print(f"\nwrote {args.out} ({result['wall_s']['total']:.0f} s)")
     return 0
 

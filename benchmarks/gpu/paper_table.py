@@ -13,17 +13,16 @@ Per (model, setting) at --batch: peak allocated memory (torch.cuda.max_memory_al
 warm-up + timed steps) and tokens/s over --steps timed optimizer steps (after --warmup, which
 include PRAC's first principal refresh). Then the largest micro-batch that trains without
 torch.cuda.OutOfMemoryError (doubling, then bisection to --resolution) and its tokens/s.
-(Activation offload is a DeepSpeed feature: see benchmarks/deepspeed_gpu.py.)
+(Activation offload is a DeepSpeed feature: see benchmarks/gpu/deepspeed_gpu.py.)
 
-    python -m benchmarks.paper_table                      # needs CUDA; writes benchmarks/results/paper_table.json
-    python -m benchmarks.paper_table --models llama_130m --no-max-batch
-    python -m benchmarks.paper_table --dry-run            # CPU, a tiny model: checks the script, measures nothing
+    python -m benchmarks.gpu.paper_table                      # needs CUDA; writes benchmarks/results/paper_table.json
+    python -m benchmarks.gpu.paper_table --models llama_130m --no-max-batch
+    python -m benchmarks.gpu.paper_table --dry-run            # CPU, a tiny model: checks the script, measures nothing
 Exits with status 2 (and says why) when CUDA is not available, unless --dry-run.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -33,24 +32,22 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import llama, parser, result_path, shape, write_result  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "paper_table.json"
+RESULTS = result_path("paper_table.json")
 MODELS = ("llama_130m", "llama_350m", "llama_1b")
 SETTINGS: Dict[str, Optional[Callable[[], PRACConfig]]] = {
     "baseline": None,
     "prac_paper": lambda: PRACConfig.paper(fused_loss=False),
     "prac_full": lambda: PRACConfig(fused_loss=True, storage_bits=8, principal_solver="randomized", kernel="auto"),
 }
-# The issue's goals for LLaMA-130M at micro-batch 128 x 256 (paper: PRAC 15.65 GB, baseline 21.26 GB).
+# Goals for LLaMA-130M at micro-batch 128 x 256 (paper: PRAC 15.65 GB, baseline 21.26 GB).
 GOAL_PEAK_BYTES = 12e9
 GOAL_SPEED_RATIO = 0.95
-# --dry-run: a model that builds and steps in well under a second on one CPU core.
-TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-            intermediate_size=176, vocab_size=512)
+TINY = "llama_64x2"  # --tiny / --dry-run: builds and steps in well under a second on one CPU core
 
 
 class Bench:
@@ -58,27 +55,15 @@ class Bench:
         self.device, self.dtype, self.seq, self.steps, self.warmup, self.tiny = device, dtype, seq, steps, warmup, tiny
 
     def build(self, model_name: str, setting: str):
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        from prac_dist.train.models import PRESETS
-
         torch.manual_seed(0)
-        if self.tiny:
-            shape = dict(TINY)
-        else:
-            p = PRESETS[model_name]
-            shape = dict(hidden_size=p.hidden_size, num_hidden_layers=p.num_hidden_layers,
-                         num_attention_heads=p.num_attention_heads, num_key_value_heads=p.num_attention_heads,
-                         intermediate_size=p.intermediate_size, vocab_size=p.vocab_size)
-        cfg = LlamaConfig(**shape, max_position_embeddings=max(1024, self.seq), tie_word_embeddings=False,
-                          rms_norm_eps=1e-6, attn_implementation="sdpa")
+        s = shape(TINY if self.tiny else model_name, max_positions=max(1024, self.seq), tied=False)
         with torch.device(self.device):
-            model = LlamaForCausalLM(cfg).to(self.dtype)
+            model = llama(s, config=dict(rms_norm_eps=1e-6)).to(self.dtype)
         make = SETTINGS[setting]
         if make is not None:
             prac_dist.apply_prac(model, make())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
-        return model, opt, shape["vocab_size"]
+        return model, opt, s.vocab
 
     def train_step(self, model, opt, ids: torch.Tensor) -> None:
         loss = model(input_ids=ids, labels=ids).loss
@@ -195,7 +180,7 @@ def gpu_extras(device: torch.device) -> Dict:
 
 
 def goals(results: Dict) -> Dict:
-    """The issue's goals for LLaMA-130M at the paper's batch, met or missed by how much."""
+    """The goals for LLaMA-130M at the paper's batch (GOAL_*), met or missed by how much."""
     rows = results.get("llama_130m", {})
     if "baseline" not in rows or "prac_full" not in rows:
         return {}
@@ -233,11 +218,9 @@ def print_table(results: Dict, seq: int) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, batch=128, seq=256, batch_help="micro-batch of the equal-batch comparison")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--batch", type=int, default=128, help="micro-batch of the equal-batch comparison")
-    p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, first refresh)")
     p.add_argument("--no-max-batch", dest="max_batch", action="store_false", help="skip the largest-batch search")
@@ -247,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--tiny", action="store_true", help="a tiny model instead of the paper's (with --device cpu)")
     p.add_argument("--dry-run", action="store_true", help="= --device cpu --tiny --batch 4 --seq 32 --steps 1 "
                                                           "--warmup 1 --search-limit 8: checks the script")
-    p.add_argument("--out", type=Path,
+    p.add_argument("--out", type=Path,  # no default: a dry run writes only when given one
                    help="JSON path (default benchmarks/results/paper_table.json on CUDA; a dry run writes only with --out)")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -298,18 +281,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     print_table(results, args.seq)
     import transformers
 
-    out = {"benchmark": "paper_table", "dry_run": device.type != "cuda",
+    out = {"dry_run": device.type != "cuda",
            "setting": {"seq": args.seq, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
                        "dtype": str(dtype), "optimizer": "torch.optim.AdamW (states in the parameter dtype)",
                        "data": "uniform random token ids", "tiny": args.tiny},
            "prac_configs": {k: (v().to_dict() if v else None) for k, v in SETTINGS.items() if k in args.settings},
            "results": results, "goals_llama_130m": goals(results),
-           "environment": environment(**gpu_extras(device)),
            "wall_s": time.perf_counter() - t0}
     path = args.out if args.out is not None else (RESULTS if device.type == "cuda" else None)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1))
+        write_result(path, "paper_table", out, **gpu_extras(device))
         print(f"wrote {path} ({out['wall_s']:.0f} s)")
     return 0
 

@@ -5,22 +5,21 @@ the norm/SwiGLU inputs enters dX, and a Q1 from older batches leaves energy in t
 (c = 4 at 0.2/0.2). This benchmark compares when those nonlinear bases are recomputed, every other
 setting at the paper's (linear T1 = T2 = 500, exact eigh):
 
-  quality  a small LLaMA (benchmarks.convergence's setup: 64 wide, 2 layers, vocab 4096, batch 16 x 64
+  quality  a small LLaMA (benchmarks.quality.convergence's setup: 64 wide, 2 layers, vocab 4096, batch 16 x 64
            tokens, AdamW 3e-3 warmup + cosine) trained --steps steps on the bundled WikiText-2 per schedule
            and seed; final validation loss against the baseline of the same seed.
-  flops    exact FLOPs (FlopCounterMode + the decompositions benchmarks.compute adds) of one decoder
+  flops    exact FLOPs (FlopCounterMode + the decompositions benchmarks.compute.compute adds) of one decoder
            layer's steady step, of the nonlinear refresh and of the linear refresh, at the training shape
            and at LLaMA-130M's (8 x 256 tokens); per step = steady + refreshes x their count over the run
            (Compressor.principal_scheduled) / steps, for the run length and for 10,000 steps.
 
-    python -m benchmarks.nonlinear_refresh --part quality --seeds 0 1 2     # resumable: keeps done runs
-    python -m benchmarks.nonlinear_refresh --part flops
+    python -m benchmarks.quality.nonlinear_refresh --part quality --seeds 0 1 2     # resumable: keeps done runs
+    python -m benchmarks.quality.nonlinear_refresh --part flops
 Writes benchmarks/results/nonlinear_refresh.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -34,9 +33,8 @@ import torch
 from prac_dist import PRACConfig
 from prac_dist.core.subspace import Compressor
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results" / "nonlinear_refresh.json"
 NEVER = 10 ** 9  # an interval no run reaches
 
 # Schedule -> the PRACConfig.paper() fields it sets (every one also redraws Q2 at each Q1 refresh).
@@ -72,7 +70,7 @@ def refreshes(cfg: PRACConfig, steps: int) -> int:
 # ---- quality ----------------------------------------------------------------------------------------
 
 def quality(seeds: List[int], schedules: List[str], steps: int, old: Dict) -> Dict:
-    from benchmarks.convergence import Setup, train_run
+    from benchmarks.quality.convergence import Setup, train_run
 
     setup = Setup()
     runs: Dict[str, Dict[str, dict]] = old.get("runs", {}) if old.get("steps") == steps else {}
@@ -112,7 +110,7 @@ def _flops_of(shape, cfg: Optional[PRACConfig], batch: int, seq: int, steps: int
     """Decoder FLOPs of each of the first `steps` training steps (the first refreshes every basis)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.compute import _split, _train_step, build, decomposition_flops
+    from benchmarks.compute.compute import _split, _train_step, build, decomposition_flops
 
     model, _ = build(shape, {"prac": cfg} if cfg is not None else {}, torch.float32)
     x = torch.randint(0, shape.vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
@@ -150,14 +148,13 @@ def flops(shape_name: str, shape, batch: int, seq: int, run_steps: List[int], sc
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__, out="nonlinear_refresh.json")
     ap.add_argument("--part", choices=["quality", "flops"], required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--shapes", nargs="+", default=["training shape (64 wide)", "LLaMA-130M layer"],
                     choices=["training shape (64 wide)", "LLaMA-130M layer"], help="--part flops: which shapes")
-    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--merge", type=Path, nargs="+", default=[],
                     help="add the quality runs and FLOP counts of these result files (made in parallel) first")
     args = ap.parse_args(argv)
@@ -188,7 +185,7 @@ def main(argv=None) -> int:
         for name, e in result["quality"]["summary"].items():
             print(f"{name:<28} seeds {e['seeds']}  val {e['mean_val_loss']:.4f}  gap {100 * e['rel_gap_mean']:+.2f}%")
     else:
-        from benchmarks.convergence import Setup
+        from benchmarks.quality.convergence import Setup
         from prac_dist.models import PRESETS
 
         s = Setup()

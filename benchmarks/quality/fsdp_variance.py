@@ -1,6 +1,6 @@
 """Variance of the all-reduced PRAC gradient: 1 data-parallel rank against W (FSDP2).
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.fsdp_variance --reps 200
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.quality.fsdp_variance --reps 200
 
 PRAC's weight gradient is an unbiased estimate: dW~ = dYᵀ X P with E[P] = I. Its error
 variance is Var = (c - 1) ‖dYᵀ X (I - Q1 Q1ᵀ)‖²_F for one draw of the random subspace Q2
@@ -26,33 +26,27 @@ formula are exact; dX is exact, so only the compressed weights' gradients carry 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Dict, Iterable, List
 
 import torch
 import torch.distributed as dist
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 from prac_dist.distributed import close_distributed  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_variance.json"
 CASES = ("replicated", "replicated_shared", "split")
 
 
 def tiny_llama(hidden: int, layers: int, vocab: int, seq: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from prac_dist.models import ModelShape
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=seq, attention_dropout=0.0)
-    cfg._attn_implementation = "sdpa"
-    return LlamaForCausalLM(cfg)
+    return llama(ModelShape("llama", hidden=hidden, layers=layers, heads=4, ffn=2 * hidden, vocab=vocab,
+                            max_positions=seq), config=dict(attention_dropout=0.0))
 
 
 def _grads(model) -> Dict[str, torch.Tensor]:
@@ -155,10 +149,9 @@ def _table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=200, help="repetitions (seeds) per case and world size")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    ap = parser(__doc__, out="fsdp_variance.json")
+    ap.add_argument("--reps", type=int, default=200, help="repetitions (seeds) per case and world size")
+    args = ap.parse_args(argv)
     if args.reps < 2:
         print(f"--reps={args.reps}: accepted is an integer >= 2", file=sys.stderr)
         return 2
@@ -171,7 +164,7 @@ def main(argv=None) -> int:
     result["seconds"] = round(time.time() - start, 1)
     if dist.get_rank() == 0:
         result["backend"] = dist.get_backend()
-        result["command"] = "torchrun --nproc_per_node %d -m benchmarks.fsdp_variance --reps %d" % (
+        result["command"] = "torchrun --nproc_per_node %d -m benchmarks.quality.fsdp_variance --reps %d" % (
             dist.get_world_size(), args.reps)
         print(_table(result))
         write_result(args.out, "fsdp_variance", result)

@@ -6,13 +6,11 @@ layers, keeping their total (hence the stored bytes). ('energy' is left out: on 
 activations its gradient variance is 2.5x that of fixed ratios, benchmarks/results/grad_quality.json.) This script trains the CPU demo preset with both,
 over several seeds, and measures the bytes saved for backward of each (prac_dist.memory).
 
-    python -m benchmarks.adaptive_rank --seeds 0 1 2 --max-steps 120   # writes benchmarks/results/adaptive_rank.json
+    python -m benchmarks.quality.adaptive_rank --seeds 0 1 2 --max-steps 120   # writes benchmarks/results/adaptive_rank.json
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import shutil
 import statistics
@@ -23,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import write_result
+from benchmarks._harness import ROOT, llama, parser, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("off", "min_variance", "global")
 
 
@@ -41,7 +38,6 @@ def train(policy: str, seed: int, steps: int, out: Path, config: str) -> float:
 
 def stored_bytes(policy: str) -> int:
     """Bytes saved for backward by one demo-sized batch after the first refresh."""
-    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging
 
     from prac_dist import PRACConfig, apply_prac, step
@@ -50,8 +46,7 @@ def stored_bytes(policy: str) -> int:
 
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=50257))
+    model = llama("llama_tiny_untied")
     apply_prac(model, PRACConfig(adaptive_rank=policy, storage_bits=16, linear_storage="project",
                                  nonlinear_storage="project"))
     tok = load_tokenizer("bundled:gpt2")
@@ -64,12 +59,11 @@ def stored_bytes(policy: str) -> int:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="adaptive_rank.json")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-steps", type=int, default=120)
     ap.add_argument("--config", default="configs/train/llama_tiny.yaml")
     ap.add_argument("--workdir", default="runs/adaptive_rank")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "adaptive_rank.json"))
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = {p: {"val_loss": {}, "stored_bytes": stored_bytes(p)} for p in POLICIES}

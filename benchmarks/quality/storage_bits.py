@@ -1,6 +1,6 @@
 """8-bit vs 16-bit storage of the PRAC activations Z: stored bytes and training loss.
 
-    python -m benchmarks.storage_bits [--steps 150] [--hidden 128]
+    python -m benchmarks.quality.storage_bits [--steps 150] [--hidden 128]
 
 1. Bytes saved for backward (prac_dist.memory.measure_saved_bytes, bf16 model, one
    forward + loss) and the bytes of Z alone (tensors the core marks compressed).
@@ -14,15 +14,12 @@ Prints tables and writes benchmarks/results/storage_bits.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 from benchmarks._real_activations import wikitext_tokens  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac, hook_optimizer  # noqa: E402
@@ -33,13 +30,12 @@ VOCAB = 2048
 
 
 def _model(hidden, layers, dtype=torch.float32):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from prac_dist.models import ModelShape
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 4 * 4,
-                      num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32),
-                      num_key_value_heads=max(1, hidden // 32), max_position_embeddings=1024)
-    return LlamaForCausalLM(cfg).to(dtype)
+    # 32-wide heads, the MLP at 8/3 of the width (a multiple of 4), the tokens folded into VOCAB.
+    return llama(ModelShape("llama", hidden=hidden, layers=layers, heads=max(1, hidden // 32),
+                            ffn=int(hidden * 8 / 3) // 4 * 4, vocab=VOCAB, max_positions=1024)).to(dtype)
 
 
 def stored_bytes(hidden, layers, seq, batch):
@@ -87,14 +83,11 @@ def train(bits, hidden, layers, steps, seq, batch, train_ids, val_ids, eval_ever
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out="storage_bits.json", batch=8, seq=128)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "storage_bits.json"))
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
+    p.add_argument("--eval-every", type=int, default=50, help="steps between validation losses")
     args = p.parse_args(argv)
 
     sizes = stored_bytes(args.hidden, args.layers, args.seq, args.batch)
@@ -113,12 +106,11 @@ def main(argv=None) -> int:
         print(f"{step:>6}{a:>12.4f}{b:>12.4f}")
     rel = runs[1]["final_val_loss"] / runs[0]["final_val_loss"] - 1
     print(f"final validation loss, 8-bit vs 16-bit: {100 * rel:+.2f}%")
-    result = {"benchmark": "storage_bits", "environment": environment(), "args": vars(args),
+    result = {"args": vars(args),
               "stored_bytes": {str(k): v for k, v in sizes.items()},
               "z_ratio_8_over_16": sizes[8]["z_bytes"] / sizes[16]["z_bytes"],
               "runs": runs, "final_val_loss_relative_change": rel}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, "storage_bits", result)
     print(f"wrote {args.out}")
     return 0
 

@@ -15,7 +15,7 @@ ffn 2048, 12 heads, vocab 32000, SDPA):
   time    CPU seconds of a training step (forward, loss, backward, PRAC step), settings
           interleaved in one process, median of --time-steps steps after one warm-up round.
 
-    python -m benchmarks.compute [--shapes llama_130m llama_1b] [--layers 2] [--skip-time]
+    python -m benchmarks.compute.compute [--shapes llama_130m llama_1b] [--layers 2] [--skip-time]
 
 Prints a table, writes benchmarks/results/compute.json and the Pareto picture compute.png
 (decoder bytes ratio against decoder FLOP ratio, one labelled point per setting).
@@ -23,12 +23,10 @@ Prints a table, writes benchmarks/results/compute.json and the Pareto picture co
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -43,9 +41,8 @@ from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import PRESETS, build_model
 from prac_dist.planner.measure import SAVED_OPS
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import parser, result_path, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 aten = torch.ops.aten
 
 __all__ = ["settings", "count_flops", "count_bytes", "decomposition_flops", "SAVED_OPS"]
@@ -143,7 +140,7 @@ def settings() -> Dict[str, dict]:
         f"PRACConfig(storage_bits={other_bits})": {"prac": PRACConfig(storage_bits=other_bits)},
         "PRAC lean (compress_nonlinear=False)": {"prac": _lean()},
         # The paper's own schedule (T1 = 500 for every basis, exact eigh), which the planner models;
-        # PRACConfig.paper() re-solves the norm/SwiGLU bases every step (benchmarks/nonlinear_refresh.py).
+        # PRACConfig.paper() re-solves the norm/SwiGLU bases every step (benchmarks/quality/nonlinear_refresh.py).
         "PRAC paper": {"prac": _paper(**PAPER_SCHEDULE)},
         "PRAC paper, 8-bit": {"prac": _paper(storage_bits=8, **PAPER_SCHEDULE)},
     }
@@ -161,7 +158,8 @@ def _selected(names) -> Dict[str, dict]:
 
 
 def _checkpoint_layers(model, kwargs: dict) -> None:
-    """HF activation checkpointing of every decoder layer (transformers 5 renamed gradient_checkpointing_enable)."""
+    """HF activation checkpointing of every decoder layer (transformers 5: activation_checkpointing_enable; older:
+    gradient_checkpointing_enable)."""
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
@@ -327,10 +325,9 @@ def plot(results: Dict[str, dict], path: Path) -> Optional[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="compute.json", seed=0, seq=256)
     ap.add_argument("--shapes", nargs="+", default=["llama_130m"], choices=sorted(PRESETS))
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--flop-batch", type=int, default=8)
     ap.add_argument("--byte-batch", type=int, default=4)
     ap.add_argument("--time-batch", type=int, default=2)
@@ -338,13 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-time", action="store_true")
     ap.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                     help="measure only these settings (names as in the table; the baseline is always measured)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=None, help="override the shape's vocabulary (smoke tests)")
     ap.add_argument("--hidden", type=int, default=None, help="override hidden size (smoke tests)")
     ap.add_argument("--ffn", type=int, default=None, help="override the MLP width (smoke tests)")
     ap.add_argument("--heads", type=int, default=None, help="override the head count (smoke tests)")
-    ap.add_argument("--out", default=str(RESULTS / "compute.json"))
-    ap.add_argument("--png", default=str(RESULTS / "compute.png"))
+    ap.add_argument("--png", default=str(result_path("compute.png")))
     args = ap.parse_args(argv)
     if args.time_steps < 5 and not args.skip_time:
         ap.error(f"--time-steps={args.time_steps}: accepted is at least 5 (a median of fewer is noise)")

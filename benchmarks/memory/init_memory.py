@@ -1,7 +1,7 @@
 """Peak host memory per rank for building and sharding a prac-train preset under FSDP2 or DeepSpeed ZeRO-3.
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.init_memory --preset llama_1b
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module benchmarks.init_memory \
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m benchmarks.memory.init_memory --preset llama_1b
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 --module benchmarks.memory.init_memory \
         --preset llama_1b --deepspeed configs/ds/zero3.json --shard-only
 
 With --deepspeed --shard-only, each rank builds and partitions only (DeepSpeedBackend.partition: build_model
@@ -17,10 +17,10 @@ materialises and initialises its own shard; the AdamW states are created lazily 
 they are not in this number). The peak is the kernel's VmHWM of the rank's process: reset (clear_refs
 5) after imports and process-group setup, so the row's `peak_above_start_bytes` is what building and
 sharding added; `peak_bytes` is the absolute peak including the Python/torch/transformers imports.
-`ratio` = peak_above_start_bytes / the full model's float32 bytes (the issue asks at most 0.6; a rank
+`ratio` = peak_above_start_bytes / the full model's float32 bytes (at most 0.6 is the bound, `limit_ratio`; a rank
 holds 1/W of the weights plus one block of draws, see prac_dist/train/meta_init.py).
 
---legacy builds the full model on every rank first (the path before meta init: CPU build, broadcast
+--legacy builds the full model on every rank first (no meta init: CPU build, broadcast
 from rank 0, shard), for comparison. --compare then gathers every parameter after init and checks it
 against the single-process CPU build of the same seed, bit for bit (rank 0 builds it after the peak
 was read). Results: rank 0 writes benchmarks/results/init_memory.json (rows keyed by preset and path,
@@ -39,9 +39,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks._bench_env import write_result  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "init_memory.json"
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 
 
 def _status_bytes(field: str) -> int:
@@ -141,10 +139,7 @@ def _import_model_code(prac: bool) -> None:
     if prac:
         from prac_dist import PRACConfig, apply_prac
 
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        tiny = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                            num_attention_heads=2, num_key_value_heads=2))
+        tiny = llama("llama_probe")
         apply_prac(tiny, PRACConfig())  # the patching modules and their kernels' imports
 
 
@@ -170,18 +165,16 @@ def compare(backend, cfg, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="init_memory.json", seed=0)
     ap.add_argument("--preset", default="llama_1b")
     ap.add_argument("--legacy", action="store_true", help="full CPU build on every rank, then broadcast + shard")
     ap.add_argument("--no-prac", action="store_true", help="shard the plain model (default: PRACConfig() applied)")
     ap.add_argument("--compare", action="store_true", help="check the gathered weights against the CPU build")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deepspeed", type=Path, default=None, metavar="CONFIG",
                     help="measure DeepSpeedBackend with this JSON (ZeRO-3: partitioned on build) instead of FSDP2")
     ap.add_argument("--shard-only", action="store_true",
                     help="DeepSpeed: build and partition only (DeepSpeedBackend.partition), not deepspeed.initialize, "
                          "which adds the partitioned fp32 master weights and Adam moments")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher passes it
     args = ap.parse_args()
 

@@ -5,31 +5,28 @@ each storage once) on HF LlamaForCausalLM with the paper's shapes, bf16, sdpa at
 depth. Saved bytes scale linearly with tokens, so a small CPU batch gives the per-token numbers;
 `units` is bytes / (token * layer * 2d), the unit of docs/PRAC.md.
 
-    python -m benchmarks.memory                      # 130M, 350M, 1B; writes benchmarks/results/memory.json
-    python -m benchmarks.memory --models llama_130m --batch 4 --seq 256
+    python -m benchmarks.memory.memory                      # 130M, 350M, 1B; writes benchmarks/results/memory.json
+    python -m benchmarks.memory.memory --models llama_130m --batch 4 --seq 256
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
-from prac_dist.models.shapes import hf_config
 from prac_dist.train.models import PRESETS
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
 
 SETTINGS = {
     "baseline": None,
-    # Every input projected, as the labels say (PRACConfig() now stores some inputs in int8 instead).
+    # Every input projected, as the labels say (PRACConfig() stores some inputs in int8 instead).
     "prac_linear_only": PRACConfig.paper(compress_nonlinear=False, fused_loss=False, principal_solver="randomized"),
     "prac_paper_defaults": PRACConfig.paper(fused_loss=False, principal_solver="randomized"),
     "prac_defaults_int8": PRACConfig.paper(fused_loss=False, principal_solver="randomized", storage_bits=8),
@@ -37,10 +34,8 @@ SETTINGS = {
 
 
 def build(name: str, layers: int) -> torch.nn.Module:
-    from transformers import LlamaForCausalLM
-
     torch.manual_seed(0)
-    return LlamaForCausalLM(hf_config(replace(PRESETS[name], layers=layers))).to(torch.bfloat16)
+    return llama(name, layers=layers).to(torch.bfloat16)
 
 
 def measure(name: str, batch: int, seq: int, layers: int = 0) -> dict:
@@ -65,14 +60,11 @@ def measure(name: str, batch: int, seq: int, layers: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="memory.json", batch=1, seq=256)
     ap.add_argument("--models", nargs="+", default=["llama_130m", "llama_350m", "llama_1b"], choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--layers", type=int, default=0,
                     help="decoder layers to build (0 = the preset's depth). Bytes per layer do not depend on "
                          "depth (130M: 1 layer and 12 layers give the same ratios), so 1B fits a CPU budget.")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "memory.json"))
     args = ap.parse_args(argv)
     results = {"batch": args.batch, "seq": args.seq, "dtype": "bfloat16", "attention": "sdpa", "models": {}}
     if Path(args.out).exists():  # runs at different depths accumulate into one results file

@@ -1,6 +1,6 @@
 """Peak GPU memory and tokens/s of LLaMA-350M under FSDP2, with and without PRAC.
 
-    torchrun --nproc_per_node NGPU -m benchmarks.fsdp_gpu [--micro-batch 32 --seq 256 --steps 20]
+    torchrun --nproc_per_node NGPU -m benchmarks.gpu.fsdp_gpu [--micro-batch 32 --seq 256 --steps 20]
 
 Each configuration builds the model (the paper's LLaMA-350M shape: hidden 1024, 24 layers,
 ffn 2736, vocabulary 32000), applies prac_dist.fsdp.parallelize (bf16 params, fp32 reduce),
@@ -11,19 +11,16 @@ benchmarks/results/fsdp_gpu.json with the GPU, driver and software versions. Nee
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 from prac_dist.distributed import close_distributed  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fsdp_gpu.json"
 
 
 def build(preset: str):
@@ -74,17 +71,15 @@ def run_one(label: str, prac, args, mesh, device) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="llama_350m")
-    parser.add_argument("--micro-batch", type=int, default=32, help="sequences per rank per step")
-    parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    ap = parser(__doc__, out="fsdp_gpu.json", seq=256)
+    ap.add_argument("--preset", default="llama_350m")
+    ap.add_argument("--micro-batch", type=int, default=32, help="sequences per rank per step")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--activation-checkpointing", action="store_true")
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/fsdp_gpu.py needs CUDA (it measures GPU memory); nothing was measured", file=sys.stderr)
+        print("benchmarks/gpu/fsdp_gpu.py needs CUDA (it measures GPU memory); nothing was measured", file=sys.stderr)
         return 2
     from torch.distributed.device_mesh import init_device_mesh
 

@@ -9,7 +9,7 @@ applies the PRACConfig itself and predicts from Setting.from_config(config), so 
 changes both sides. Measured with prac_dist.memory.measure_saved_bytes; predicted with
 prac_dist.planner.saved_bytes (a formula, no measurement). Target: within 5%.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.planner_accuracy [--batch 1 8] [--seq 128]
+    OMP_NUM_THREADS=1 python -m benchmarks.memory.planner_accuracy [--batch 1 8] [--seq 128]
 
 Two micro-batches by default: 1 x 128 tokens, every case (the fused head's 'auto' runs 'recompute'),
 and 8 x 128, where 'auto' runs 'store' (store_fits: from about d tokens on: 517 at LLaMA-60M, 776 at
@@ -23,11 +23,9 @@ Prints a table and writes benchmarks/results/planner_accuracy.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
-from pathlib import Path
 from typing import List, Tuple, Union
 
 import torch
@@ -39,9 +37,8 @@ from prac_dist.models import PRESETS, build_model
 from prac_dist.planner import Setting, saved_bytes
 from prac_dist.planner.activations import head_backward
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 Case = Union[Setting, PRACConfig]
 """A baseline (a Setting without PRAC: HF's head or the fused one) or a PRACConfig to apply."""
@@ -112,13 +109,11 @@ def _rows(name: str, model, x: torch.Tensor, cases: List[Tuple[str, Case]]) -> L
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="planner_accuracy.json", seq=128)
     ap.add_argument("--models", nargs="+", default=["llama_60m", "llama_130m", "gpt2_124m"], choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8],
                     help="micro-batches: the first runs every case (1 x 128 tokens: 'auto' recomputes), "
                          "the others LARGER_BATCH_CASES (8 x 128: 'auto' stores)")
-    ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--out", default=str(RESULTS / "planner_accuracy.json"))
     args = ap.parse_args(argv)
     t0 = time.time()
     rows = []

@@ -1,7 +1,7 @@
 """Peak GPU memory and tokens/s of LLaMA-350M under DeepSpeed ZeRO-2 and ZeRO-3, with and without
 PRAC and PRAC's compressed activation offload (GPU only; one process per GPU).
 
-    deepspeed --num_gpus 1 --module benchmarks.deepspeed_gpu [--batch 64 --seq 256 --steps 12]
+    deepspeed --num_gpus 1 --module benchmarks.gpu.deepspeed_gpu [--batch 64 --seq 256 --steps 12]
 
 Each variant runs in a fresh engine: `--steps` optimizer steps of random tokens (bf16, AdamW),
 the first 2 untimed (warm-up, PRAC's first principal refresh). Reported: peak allocated memory
@@ -12,22 +12,16 @@ Writes benchmarks/results/deepspeed_gpu.json with the GPU, driver and software v
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import llama_config, parser, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_gpu.json"
-# LLaMA-350M as in GaLore / the PRAC paper: hidden 1024, 24 layers, 16 heads, ffn 2736, vocab 32000.
-LLAMA_350M = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16,
-                  intermediate_size=2736, vocab_size=32000)
 VARIANTS = [  # (name, zero stage, PRAC on, activation offload)
     ("zero2", 2, False, False), ("zero2+prac", 2, True, False), ("zero2+prac+offload", 2, True, True),
     ("zero3", 3, False, False), ("zero3+prac", 3, True, False), ("zero3+prac+offload", 3, True, True),
@@ -54,13 +48,12 @@ def ds_config(stage: int, batch: int, prac: bool, offload: bool) -> dict:
 
 def run_variant(args, stage: int, prac: bool, offload: bool) -> dict:
     import deepspeed
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     import prac_dist.deepspeed as pds
 
     cfg = ds_config(stage, args.batch, prac, offload)
-    hf = LlamaConfig(max_position_embeddings=args.seq, **LLAMA_350M)
-    hf._attn_implementation = "sdpa"
+    hf = llama_config("llama_350m", max_positions=args.seq)  # the paper's LLaMA-350M
     torch.manual_seed(0)
     if stage == 3:
         with deepspeed.zero.Init(config_dict_or_path=cfg):
@@ -93,9 +86,7 @@ def run_variant(args, stage: int, prac: bool, offload: bool) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--seq", type=int, default=256)
+    p = parser(__doc__, out="deepspeed_gpu.json", batch=64, seq=256, batch_help="sequences per GPU per step")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--local_rank", type=int, default=0)  # appended by the deepspeed launcher
     p.add_argument("--only", nargs="*", help="variant names to run (default: all)")
@@ -125,10 +116,10 @@ def main() -> int:
             print(f"{name:<22}{shown}", flush=True)
 
     if torch.distributed.get_rank() == 0:
-        write_result(RESULTS, "deepspeed_gpu", {
+        write_result(args.out, "deepspeed_gpu", {
             "model": "LLaMA-350M", "batch_per_gpu": args.batch, "seq": args.seq, "steps_timed": args.steps - 2,
             "world_size": torch.distributed.get_world_size(), "rows": rows}, host=platform.node())
-        print(f"wrote {RESULTS}")
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -18,14 +18,13 @@ The vocabulary is cut to the `vocab` most frequent GPT-2 tokens of the training 
 map to one <unk> id) so that the output layer does not dominate a 64-wide model on 2 CPU cores;
 the loss is the usual next-token cross-entropy over that vocabulary.
 
-    python -m benchmarks.convergence                         # the committed run (~35 min on 2 busy cores)
-    python -m benchmarks.convergence --steps 20 --seeds 0 --long-factor 2 --out /tmp/c.json   # smoke
+    python -m benchmarks.quality.convergence                         # the committed run (~35 min on 2 busy cores)
+    python -m benchmarks.quality.convergence --steps 20 --seeds 0 --long-factor 2 --out /tmp/c.json   # smoke
 Prints a table and writes benchmarks/results/convergence.json and convergence.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -38,12 +37,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist import PRACConfig  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # Linear-layer ratios (principal_ratio, random_ratio); None = no PRAC. All compressed ones store 0.6 n.
 VARIANTS: Dict[str, Optional[Tuple[float, float]]] = {
@@ -338,11 +336,11 @@ def _record(result: Dict, length: str, steps: int, runs: Dict[str, List[Dict]], 
     if done:
         result["lengths"][length] = {"steps": steps, "runs": done, "summary": summarize(done)}
     result["wall_s"] = time.perf_counter() - t_start
-    out.write_text(json.dumps(result, indent=1))
+    write_result(out, "convergence", result)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__, out="convergence.json", threads=1)
     p.add_argument("--steps", type=int, default=100, help="short run length N (optimizer steps)")
     p.add_argument("--long-factor", type=int, default=3, help="long run length = factor x N")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -352,12 +350,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--long-variants", nargs="+", choices=list(VARIANTS),
                    help="variants run at the long length (default: all of --variants)")
     p.add_argument("--long-seeds", type=int, nargs="+", help="seeds of the long length (default: --seeds)")
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-compress-nonlinear", action="store_true",
                    help="compress linear layers only (norm / SwiGLU inputs stored exactly)")
     p.add_argument("--save-model", type=Path,
                    help="save the baseline's long-run weights of the first seed here (for grad_quality.py)")
-    p.add_argument("--out", type=Path, default=RESULTS / "convergence.json")
     p.add_argument("--merge", type=Path, nargs="+", default=[],
                    help="also keep the runs of these result files (same setup): parallel processes, one file each")
     p.add_argument("--resume", action="store_true",
@@ -390,15 +386,15 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     plan = {"short": (args.steps, args.variants, args.seeds),
             "long": (args.steps * args.long_factor, args.long_variants or args.variants, args.long_seeds or args.seeds)}
-    result = {"benchmark": "convergence", "setup": asdict(setup), "nonlinear_ratios": list(NONLINEAR),
+    result = {"setup": asdict(setup), "nonlinear_ratios": list(NONLINEAR),
               "compress_nonlinear": COMPRESS_NONLINEAR[0],
               "linear_ratios": {k: (list(v) if v else None) for k, v in VARIANTS.items()},
               "data": {"train": "bundled:wikitext-2/valid.txt", "validation": "bundled:wikitext-2/test.txt",
                        "tokenizer": "GPT-2 BPE, cut to the most frequent ids", "train_sequences": train.shape[0],
                        "validation_sequences_used": min(setup.eval_sequences, val.shape[0]),
                        "unk_share_train": unk},
-              "environment": environment(), "lengths": {}}
-    result["command"] = "python -m benchmarks.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
+              "lengths": {}}
+    result["command"] = "python -m benchmarks.quality.convergence " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = _resumed(args.out, setup) if args.resume and args.out.exists() else {}
     for other in args.merge:  # runs made in parallel processes, each into its own file

@@ -5,7 +5,7 @@ SwiGLU backward is nonlinear in its saved input, so feeding it an unbiased X~ (i
 rounding, PRACConfig(); or the projection Z [Q1 | Q2]ᵀ, paper()) gives E[f(X~)] != f(X) in general: a bias
 that does not average out over steps. This benchmark measures it.
 
-The small LLaMA of benchmarks/convergence.py is trained (baseline, --train-steps), then one fixed
+The small LLaMA of benchmarks/quality/convergence.py is trained (baseline, --train-steps), then one fixed
 held-out batch is pushed through it --draws times per setting; each draw redraws every random part
 (int8 roundings, Q2; Q1 stays the one of this batch, as after a refresh). Per decoder layer:
 
@@ -23,17 +23,15 @@ and for each, against the exact gradient g of the uncompressed model:
 
 An unbiased estimator gives bias ≈ se (ratio ≈ 1); ratio >> 1 means a detectable bias.
 
-    python -m benchmarks.nonlinear_bias            # writes benchmarks/results/nonlinear_bias.json
-    python -m benchmarks.nonlinear_bias --train-steps 5 --draws 4 --out /tmp/b.json   # smoke
+    python -m benchmarks.quality.nonlinear_bias            # writes benchmarks/results/nonlinear_bias.json
+    python -m benchmarks.quality.nonlinear_bias --train-steps 5 --draws 4 --out /tmp/b.json   # smoke
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -41,8 +39,8 @@ import torch
 import prac_dist
 from prac_dist import PRACConfig
 
-from benchmarks._bench_env import write_result  # noqa: E402
-from benchmarks.convergence import RESULTS, Setup, corpus, trained_baseline  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
+from benchmarks.quality.convergence import Setup, corpus, trained_baseline  # noqa: E402
 
 NEVER = 10 ** 9
 # Q1 fixed from this batch (as after a refresh), every random part redrawn at each draw.
@@ -132,12 +130,9 @@ def print_table(per: Dict[str, Dict[str, dict]], draws: int) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--draws", type=int, default=64)
-    p.add_argument("--batch", type=int, default=16, help="held-out sequences in the measured batch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "nonlinear_bias.json")
+    p = parser(__doc__, out="nonlinear_bias.json", seed=0, batch=16, batch_help="held-out sequences in the measured batch")
+    p.add_argument("--train-steps", type=int, default=300, help="baseline training steps before measuring")
+    p.add_argument("--draws", type=int, default=64, help="gradient draws per setting")
     args = p.parse_args(argv)
     if args.draws < 2:
         p.error(f"--draws={args.draws}: accepted is an integer >= 2 (the spread needs two draws)")
@@ -155,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     per = {name: measure(model, ids, make(args.seed), args.draws, exact) for name, make in SETTINGS.items()}
     print_table(per, args.draws)
     write_result(args.out, "nonlinear_bias", {
-        "command": "python -m benchmarks.nonlinear_bias " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.quality.nonlinear_bias " + " ".join(argv if argv is not None else sys.argv[1:]),
         "setup": setup.__dict__, "trained_steps": args.train_steps, "trained_val_loss": run["final_val_loss"],
         "draws": args.draws, "batch": [args.batch, setup.seq_len], "settings": per,
         "seconds": time.perf_counter() - t0}, torch_threads=1)

@@ -1,6 +1,6 @@
 """GPU benchmark of the PRAC kernels and of a whole PRAC training step.
 
-    python -m benchmarks.kernel_timing [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
+    python -m benchmarks.kernels.kernel_timing [--tokens 8192] [--layers 4] [--micro-batch 16] [--seq 256]
 
 Needs a CUDA GPU (Triton's CPU interpreter timings mean nothing); on a machine without
 one it says so and exits with status 1 without writing a result.
@@ -18,15 +18,15 @@ Prints tables and writes benchmarks/results/kernels.json (hardware and versions 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from prac_dist.models.shapes import PRESETS
 
-HIDDEN, FFN = 2048, 5461  # LLaMA-1B (the paper's pre-training shape)
+from benchmarks._harness import llama, parser, write_result  # noqa: E402
+
+HIDDEN, FFN = PRESETS["llama_1b"].hidden, PRESETS["llama_1b"].ffn  # LLaMA-1B (the paper's pre-training shape)
 
 
 def _bench(fn) -> float:
@@ -102,8 +102,6 @@ def kernel_rows(N: int, peak: float) -> list:
 
 
 def step_rows(layers: int, micro_batch: int, seq: int) -> list:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from prac_dist import PRACConfig, apply_prac, hook_optimizer
 
     variants = [("baseline (no PRAC)", None)]
@@ -111,12 +109,11 @@ def step_rows(layers: int, micro_batch: int, seq: int) -> list:
         for bits in (16, 8):
             variants.append((f"PRAC kernel={kernel} bits={bits}", PRACConfig(kernel=kernel, storage_bits=bits)))
     rows = []
-    ids = torch.randint(0, 32000, (micro_batch, seq), device="cuda")
+    shape = PRESETS["llama_1b"]
+    ids = torch.randint(0, shape.vocab, (micro_batch, seq), device="cuda")
     for name, cfg in variants:
         torch.manual_seed(0)
-        hf = LlamaConfig(vocab_size=32000, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=layers,
-                         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=seq)
-        model = LlamaForCausalLM(hf).to(device="cuda", dtype=torch.bfloat16)
+        model = llama(shape, layers=layers, max_positions=seq).to(device="cuda", dtype=torch.bfloat16)
         if cfg is not None:
             apply_prac(model, cfg)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -141,15 +138,13 @@ def step_rows(layers: int, micro_batch: int, seq: int) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out="kernels.json", seq=256)
     p.add_argument("--tokens", type=int, default=8192, help="N rows for the kernel timings")
     p.add_argument("--layers", type=int, default=4, help="decoder layers of the LLaMA-1B-shaped step model")
     p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "kernels.json"))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernel_timing.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
+        print("benchmarks/kernels/kernel_timing.py: no CUDA GPU here; kernel timings need one (the Triton CPU "
               "interpreter's timings mean nothing). Nothing measured, nothing written.", file=sys.stderr)
         return 1
 

@@ -1,7 +1,7 @@
 """What each combination of PRAC, DeepSpeed activation checkpointing and HF gradient checkpointing
 saves for backward, and the host traffic of PRAC's compressed activation offload (CPU, one process).
 
-    DS_ACCELERATOR=cpu python -m benchmarks.deepspeed_activation_memory [--hidden 128 --layers 2 --seq 128]
+    DS_ACCELERATOR=cpu python -m benchmarks.memory.deepspeed_activation_memory [--hidden 128 --layers 2 --seq 128]
 
 Saved bytes are `prac_dist.memory.measure_saved_bytes` of one training forward + loss: the tensors
 the autograd graph keeps through saved-tensor hooks, Parameters excluded, each storage once. Under
@@ -14,11 +14,8 @@ Writes benchmarks/results/deepspeed_activation_memory.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
@@ -27,24 +24,18 @@ for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MA
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import prac_dist  # noqa: E402
 from prac_dist.deepspeed import CompressedActivationOffload, OffloadConfig  # noqa: E402
 from prac_dist.memory import measure_saved_bytes  # noqa: E402
 
-from benchmarks._bench_env import write_result  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "deepspeed_activation_memory.json"
+from benchmarks._harness import SHAPES, llama, parser, shape, write_result  # noqa: E402
 
 
 def build(args, prac, checkpointing):
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.heads, max_position_embeddings=args.seq)
-    cfg._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(cfg)
+    model = llama(shape("llama_128x2", hidden=args.hidden, ffn=args.ffn, layers=args.layers, heads=args.heads,
+                        vocab=args.vocab, max_positions=args.seq))
     if prac is not None:
         prac_dist.apply_prac(model, prac)
     if checkpointing == "hf":
@@ -63,14 +54,13 @@ def grads(model, x):
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=352)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--batch", type=int, default=2)
+    default = SHAPES["llama_128x2"]
+    p = parser(__doc__, out="deepspeed_activation_memory.json", batch=2, seq=128)
+    p.add_argument("--hidden", type=int, default=default.hidden)
+    p.add_argument("--ffn", type=int, default=default.ffn)
+    p.add_argument("--layers", type=int, default=default.layers)
+    p.add_argument("--heads", type=int, default=default.heads)
+    p.add_argument("--vocab", type=int, default=default.vocab)
     args = p.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     deepspeed.init_distributed(dist_backend="gloo")
@@ -116,10 +106,10 @@ def main() -> int:
     print(f"  linear layers: {lin:.3f} of the full activations (expected (r1 + r2)/n ~ 0.6)")
     print(f"  defaults incl. norm/SwiGLU inputs: {everything:.3f} of the same tensors uncompressed")
 
-    write_result(RESULTS, "deepspeed_activation_memory", {
-        "shape": vars(args), "saved_for_backward": rows, "offload_traffic": traffic,
+    write_result(args.out, "deepspeed_activation_memory", {
+        "shape": {k: v for k, v in vars(args).items() if k != "out"}, "saved_for_backward": rows, "offload_traffic": traffic,
         "offload_ratio_linear": lin, "offload_ratio_defaults": everything})
-    print(f"\nwrote {RESULTS}")
+    print(f"\nwrote {args.out}")
     return 0
 
 

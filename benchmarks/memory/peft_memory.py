@@ -6,12 +6,11 @@ own float32 copy. PRAC stores one shared Z per input instead (prac_dist/patching
 Measured with prac_dist.memory.measure_saved_bytes on the LLaMA-130M shape (bf16, sdpa), LoRA
 r=16 on all seven linears (PEFT's float32 adapters), 2 decoder layers, batch 4 x 256.
 
-    python -m benchmarks.peft_memory       # writes benchmarks/results/peft_memory.json
+    python -m benchmarks.memory.peft_memory       # writes benchmarks/results/peft_memory.json
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
@@ -20,7 +19,7 @@ from prac_dist import PRACConfig, apply_prac
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.train.models import PRESETS
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import llama, parser, shape, write_result  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SETTINGS = {
@@ -32,14 +31,10 @@ SETTINGS = {
 
 def build(preset: str, layers: int, dropout: float):
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    p = PRESETS[preset]
-    cfg = LlamaConfig(hidden_size=p.hidden, num_hidden_layers=layers, num_attention_heads=p.heads,
-                      num_key_value_heads=p.n_kv_heads, intermediate_size=p.ffn, vocab_size=p.vocab,
-                      attn_implementation="sdpa")
+    p = shape(preset, layers=layers)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model = llama(p).to(torch.bfloat16)
     return get_peft_model(model, LoraConfig(r=16, target_modules=TARGETS, lora_dropout=dropout)), p
 
 
@@ -60,12 +55,9 @@ def measure(preset: str, layers: int, batch: int, seq: int, dropout: float) -> d
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="llama_130m")
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--out", default="benchmarks/results/peft_memory.json")
+    ap = parser(__doc__, out="peft_memory.json", batch=4, seq=256)
+    ap.add_argument("--preset", default="llama_130m", choices=sorted(PRESETS))
+    ap.add_argument("--layers", type=int, default=2, help="decoder layers built and measured")
     args = ap.parse_args(argv)
     results = {}
     for dropout in (0.0, 0.05):

@@ -1,15 +1,15 @@
 """One GPU check: what only a GPU can show, in at most 8 minutes on one H100 / H200.
 
-    python -m benchmarks.gpu_check              # needs CUDA; writes benchmarks/results/gpu_check.json
-    python -m benchmarks.gpu_check --dry-run    # CPU, tiny shapes, Triton's interpreter: checks the script
+    python -m benchmarks.gpu.gpu_check              # needs CUDA; writes benchmarks/results/gpu_check.json
+    python -m benchmarks.gpu.gpu_check --dry-run    # CPU, tiny shapes, Triton's interpreter: checks the script
                                                 # end to end; measures nothing; writes only with --out
 
-1. Kernels: every Triton kernel (benchmarks/kernel_timing.py's cases) against its PyTorch reference at the
+1. Kernels: every Triton kernel (benchmarks/kernels/kernel_timing.py's cases) against its PyTorch reference at the
    LLaMA-1B layer shape, bf16, 8,192 tokens: the largest difference relative to the reference's
    largest entry (one bf16 ulp of it allowed; 8-bit storage compared as codes x scale, 2 codes), pass/fail,
    time (median of triton.testing.do_bench), bytes moved and achieved bandwidth next to the
    measured peak (a 1 GiB copy).
-2. LLaMA-130M at micro-batch 128 x 256, bf16, AdamW (benchmarks/paper_table.py's Bench): peak
+2. LLaMA-130M at micro-batch 128 x 256, bf16, AdamW (benchmarks/gpu/paper_table.py's Bench): peak
    allocated memory and tokens/s for the baseline, the paper preset (`PRACConfig.paper()`, else
    paper_table's "prac_paper") and `PRACConfig()` defaults; then each one's largest micro-batch
    (doubling from 128, bisection to 32, at most 1,024, no new trial after the time budget).
@@ -28,9 +28,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "gpu_check.json"
-# Kernel shape: LLaMA-1B's layer (benchmarks/kernel_timing.py); dry run: a tiny one the interpreter runs in seconds.
+# Kernel shape: LLaMA-1B's layer (benchmarks/kernels/kernel_timing.py); dry run: a tiny one the interpreter runs in seconds.
 KERNEL_SHAPE = {"gpu": dict(N=8192, hidden=2048, ffn=5461), "dry": dict(N=64, hidden=64, ffn=176)}
 # Largest difference relative to the reference's largest entry, per output dtype: one ulp of that entry
 # (2^-7 bf16, 2^-10 fp16: the kernels accumulate in float32 in another order and round once; the
@@ -75,7 +73,7 @@ def _time(fn, device: torch.device) -> float:
 
 
 def kernel_rows(device: torch.device, shape: Dict[str, int]) -> List[Dict]:
-    from benchmarks.kernel_timing import kernel_cases, peak_bandwidth
+    from benchmarks.kernels.kernel_timing import kernel_cases, peak_bandwidth
 
     peak = peak_bandwidth() if device.type == "cuda" else None
     rows = []
@@ -97,13 +95,13 @@ def paper_config():
 
     if hasattr(PRACConfig, "paper"):
         return PRACConfig.paper(), "PRACConfig.paper()"
-    from benchmarks.paper_table import SETTINGS as PAPER_SETTINGS
+    from benchmarks.gpu.paper_table import SETTINGS as PAPER_SETTINGS
 
     return PAPER_SETTINGS["prac_paper"](), "paper_table.SETTINGS['prac_paper'] (PRACConfig.paper() absent)"
 
 
 def training_rows(args, device: torch.device, deadline: float) -> Dict:
-    from benchmarks import paper_table
+    from benchmarks.gpu import paper_table
     from prac_dist import PRACConfig
 
     paper, paper_source = paper_config()
@@ -158,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="no new largest-batch trial starts after this many seconds (8 min wall in all)")
-    p.add_argument("--out", type=Path, help=f"JSON path (default {RESULTS} on CUDA; a dry run writes only with it)")
+    p.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/gpu_check.json on CUDA; a dry run writes only with it)")
     args = p.parse_args(argv)
     if args.dry_run:
         args.batch, args.seq, args.steps, args.warmup, args.search_limit, args.resolution = 2, 16, 1, 1, 4, 1
@@ -176,7 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cpu" if args.dry_run else "cuda")
     from transformers.utils import logging as hf_logging
 
-    from benchmarks._bench_env import write_result
+    # The harness imports prac_dist, and with it triton: only now that TRITON_INTERPRET is set.
+    from benchmarks._harness import result_path, write_result
 
     hf_logging.set_verbosity_error()
     t0 = time.perf_counter()
@@ -186,7 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     fields = {"dry_run": args.dry_run, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "peak_bandwidth_GBps": peak, "kernels": kernels, "llama_130m": training,
               "wall_s": time.perf_counter() - t0}
-    path = args.out if args.out is not None else (None if args.dry_run else RESULTS)
+    path = args.out if args.out is not None else (None if args.dry_run else result_path("gpu_check.json"))
     if path is not None:
         extra = {"note": "dry run on CPU (Triton interpreter): no GPU numbers"} if args.dry_run else {}
         write_result(path, "gpu_check", fields, **extra)

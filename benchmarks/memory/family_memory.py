@@ -10,14 +10,13 @@ parameters excluded, only tensors saved inside the decoder blocks) on CPU: what 
 not depend on the device. Also lists what discovery did: linear groups compressed / left exact, lean
 sites installed, modules left alone.
 
-    python -m benchmarks.family_memory [--width 256] [--batch 2] [--seq 256] [--families llama gemma2 ...]
+    python -m benchmarks.memory.family_memory [--width 256] [--batch 2] [--seq 256] [--families llama gemma2 ...]
 
 Prints a table and writes benchmarks/results/family_memory.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
@@ -25,10 +24,9 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
 
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 from benchmarks._tiny_models import FAMILIES, MOE, OUTSIDE_HF, batch, build, build_outside  # noqa: E402
 
 from prac_dist import PRACConfig, apply_prac  # noqa: E402
@@ -44,7 +42,7 @@ def _bytes(model, inputs) -> int:
     return measure_saved_bytes(lambda: model(**inputs).loss, model, scope=find_decoder_layers(model)).total_bytes
 
 
-# The issue's bounds for the decoders outside Hugging Face at PRACConfig() (HF families: 0.75, MoE 1.0).
+# Bounds the decoders outside Hugging Face must meet at PRACConfig() (HF families: 0.75, MoE 1.0).
 OUTSIDE_LIMIT = {"nanogpt": 0.55}
 
 
@@ -89,12 +87,9 @@ def measure(family: str, width: int, batch_size: int, seq: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="family_memory.json", batch=2, seq=256)
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--families", nargs="+", default=list(FAMILIES + OUTSIDE_HF), choices=list(FAMILIES + OUTSIDE_HF))
-    ap.add_argument("--out", default=str(HERE / "results" / "family_memory.json"))
     args = ap.parse_args(argv)
     start = time.time()
     rows = [measure(f, args.width, args.batch, args.seq) for f in args.families]

@@ -1,14 +1,13 @@
 """The README's quick start, measured: runs its command 1 (`prac-train --compare` on the demo config) and
 writes what the README quotes to benchmarks/results/quickstart.json.
 
-    python -m benchmarks.quickstart [--out benchmarks/results/quickstart.json] [--run-dir runs/quickstart]
+    python -m benchmarks.quality.quickstart [--out benchmarks/results/quickstart.json] [--run-dir runs/quickstart]
 
 Takes about 5 minutes on an idle 2-core CPU (two 120-step trainings, then 20 alternating timed steps each).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -16,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._bench_env import write_result
+from benchmarks._harness import ROOT, parser, write_result
 from prac_dist.train.report import split_saved
 from prac_dist.train.timing import step_time_summary
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/train/llama_tiny.yaml"
 
 
@@ -41,8 +39,7 @@ def _summarize(run_dir: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quickstart.json"))
+    ap = parser(__doc__, out="quickstart.json")
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "quickstart"))
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)

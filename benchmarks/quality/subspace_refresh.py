@@ -6,23 +6,20 @@ tokens per batch, r = 0.3n. "warm" refreshes batch B starting from batch A's Q1,
 as a refresh after T1 optimizer steps does. Energy = ||X Q||² / ||X||², reported
 relative to the exact top-r eigenvectors (float32 eigh of XᵀX).
 
-    python -m benchmarks.subspace_refresh [--steps 20] [--repeats 3]
+    python -m benchmarks.quality.subspace_refresh [--steps 20] [--repeats 3]
 Prints a table, writes benchmarks/results/subspace_refresh.json. CPU timings are
 a real measurement here: the refresh is matmul/LAPACK-bound PyTorch on any device.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks._bench_env import environment  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 from benchmarks._real_activations import trained_llama_activations  # noqa: E402
 
 from prac_dist.kernels import captured_energy, principal_basis, randomized_principal_basis  # noqa: E402
@@ -48,11 +45,10 @@ def _time(fn, repeats):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__, out="subspace_refresh.json")
     p.add_argument("--steps", type=int, default=20, help="AdamW steps before capturing activations")
     p.add_argument("--tokens", type=int, default=4096, help="N, tokens per batch")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "subspace_refresh.json"))
+    p.add_argument("--repeats", type=int, default=3, help="timings per method (the median is kept)")
     args = p.parse_args(argv)
 
     acts = trained_llama_activations(hidden=768, ffn=2048, layers=2, steps=args.steps, seq=128, batch=4,
@@ -86,10 +82,9 @@ def main(argv=None) -> int:
         print(f"{row['activation']:<13}{row['N']:>6}{row['n']:>6}{row['r']:>5}  {row['method']:<26}"
               f"{1e3 * row['seconds']:>9.1f}{row['energy']:>9.4f}{row['energy_vs_exact']:>10.5f}"
               f"{row['speedup_vs_eigh_fp32']:>8.2f}x")
-    result = {"benchmark": "subspace_refresh", "environment": environment(), "final_train_loss": float(acts["final_loss"]),
+    result = {"final_train_loss": float(acts["final_loss"]),
               "args": vars(args), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, "subspace_refresh", result)
     print(f"wrote {args.out}")
     return 0
 

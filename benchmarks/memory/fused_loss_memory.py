@@ -4,30 +4,25 @@ Default: the full LLaMA-130M shape (hidden 768, 12 layers, 12 heads, ffn 2048,
 vocab 32000, SDPA, bf16), batch 4 x 256. Counted with prac_dist.memory.measure_saved_bytes
 (each storage once, parameters excluded) on CPU: what autograd keeps does not depend on the device.
 
-    python -m benchmarks.fused_loss_memory [--model llama_130m] [--batch 4] [--seq 256]
+    python -m benchmarks.memory.fused_loss_memory [--model llama_130m] [--batch 4] [--seq 256]
 
 Prints a table and writes benchmarks/results/fused_loss_memory.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-import prac_dist
 from prac_dist import PRACConfig, apply_prac, remove_prac
 from prac_dist.loss import install_fused_loss, uninstall_fused_loss
 from prac_dist.memory import measure_saved_bytes
 from prac_dist.models.shapes import PRESETS, build_model
 
-from benchmarks._bench_env import write_result  # noqa: E402
+from benchmarks._harness import parser, write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _measure(model, x):
@@ -65,13 +60,9 @@ def run(model_name: str, batch: int, seq: int, dtype: str, seed: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="fused_loss_memory.json", seed=0, batch=4, seq=256)
     ap.add_argument("--model", default="llama_130m", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(RESULTS / "fused_loss_memory.json"))
     args = ap.parse_args(argv)
     t0 = time.time()
     rows = run(args.model, args.batch, args.seq, args.dtype, args.seed)

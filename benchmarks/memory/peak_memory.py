@@ -11,8 +11,8 @@ figures (Tables 2/4) are printed beside.
 micro-batch at a fixed sequence length, so two measured batches give the line, and --verify
 measures the predicted batch and the one above it (prac_dist.planner.measure.largest_micro_batch).
 
-    python -m benchmarks.peak_memory --model llama_130m --batches 128
-    python -m benchmarks.peak_memory --model llama_1b --batches 64 128 --fit --verify "HF" "PRACConfig()"
+    python -m benchmarks.memory.peak_memory --model llama_130m --batches 128
+    python -m benchmarks.memory.peak_memory --model llama_1b --batches 64 128 --fit --verify "HF" "PRACConfig()"
 
 Each row is written to benchmarks/results/peak_memory.json as it finishes (a rerun skips the rows
 the file holds, so a killed run resumes); --plot draws peak_memory.png (peak per setting, stacked by part).
@@ -21,19 +21,18 @@ torch.compile is not measured: TorchDynamo does not trace under FakeTensorMode (
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 from prac_dist.planner.measure import (OPTIMIZERS, RECIPES, largest_micro_batch, measure_peak, measure_peak_by_depth,
                                       num_layers)
 
-from benchmarks._bench_env import command_line, provenance, write_result
+from benchmarks._bench_env import command_line, provenance
+from benchmarks._harness import RESULTS, parser, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "peak_memory.json"
 GIB = 2**30
 SEQ = 256
@@ -260,7 +259,7 @@ def plot(data: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--model", default="llama_130m")
     ap.add_argument("--batches", type=int, nargs="+", default=[128])
     ap.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
