@@ -168,7 +168,7 @@ def test_saved_bytes_of_lora_layers(make_llama, dtype):
     """Bytes are counted, not timed: PRAC's Z replaces the X each LoRA A matrix saves.
 
     bf16: PEFT keeps float32 adapters and casts X for each of them (a float32 copy per layer);
-    PRAC takes the one shared Z from the uncast X (benchmarks/memory/peft_memory.py: 0.358x at the 130M shape).
+    PRAC takes the one shared Z from the uncast X (benchmarks/results/peft_memory.json: 0.413x at the 130M shape).
     """
     base = make_llama(hidden=128, ffn=352, layers=2).to(dtype)
     x = torch.randint(0, 128, (4, 64))
