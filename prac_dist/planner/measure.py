@@ -317,13 +317,16 @@ def fit_line(points: Sequence[tuple]) -> tuple:
 
 
 def largest_micro_batch(measure: Callable[[int], int], budget_bytes: int, probes: Sequence[int] = (8, 16),
-                        verify: bool = True) -> Dict[str, Any]:
+                        verify: bool = True, max_rounds: int = 8) -> Dict[str, Any]:
     """The largest micro-batch whose measured peak fits `budget_bytes`.
 
-    The peak is affine in the micro-batch at a fixed sequence length (every activation and temporary
-    scales with the tokens, the states do not): `measure` (micro-batch -> peak bytes) at two `probes`
-    gives the line, and with `verify` the predicted batch and the one above are measured too; when the
-    line was off by a batch, the search walks to the measured boundary.
+    The peak is affine in the micro-batch at a fixed sequence length while the same phase of the step
+    holds it (every activation and temporary scales with the tokens, the states do not): `measure`
+    (micro-batch -> peak bytes) at two `probes` gives the line. With `verify` the predicted batch and the
+    one above are measured; when they do not straddle the budget (another phase of the step holds the
+    peak there, e.g. a loss head that changes mode with the token count), the line is drawn again
+    through the two measured batches nearest the budget on either side, until b fits and b + 1 does not.
+    'verified' says whether that boundary was measured within `max_rounds`.
     """
     measured: Dict[int, int] = {b: measure(b) for b in probes}
     intercept, slope = fit_line(sorted(measured.items())[:2])
@@ -332,19 +335,37 @@ def largest_micro_batch(measure: Callable[[int], int], budget_bytes: int, probes
     predicted = max(0, math.floor((budget_bytes - intercept) / slope))
     out = {"predicted": predicted, "intercept_bytes": intercept, "bytes_per_sample": slope}
     if not verify or predicted == 0:
-        return {**out, "largest": predicted, "measured": {str(k): v for k, v in measured.items()}}
+        return {**out, "largest": predicted, "verified": False, "measured": {str(k): v for k, v in measured.items()}}
     b = predicted
-    for _ in range(8):  # walk at most a few batches: the fit is exact to a few bytes per sample
+    for _ in range(max_rounds):
         for x in (b, b + 1):
             if x not in measured:
                 measured[x] = measure(x)
-        if measured[b] > budget_bytes:
-            b -= 1
-        elif measured[b + 1] <= budget_bytes:
-            b += 1
-        else:
-            break
-    return {**out, "largest": b, "measured": {str(k): v for k, v in sorted(measured.items())}}
+        if measured[b] <= budget_bytes < measured[b + 1]:
+            return {**out, "largest": b, "verified": True,
+                    "measured": {str(k): v for k, v in sorted(measured.items())}}
+        b = _next_guess(measured, budget_bytes)
+    return {**out, "largest": max([k for k, v in measured.items() if v <= budget_bytes], default=0),
+            "verified": False, "measured": {str(k): v for k, v in sorted(measured.items())}}
+
+
+def _next_guess(measured: Dict[int, int], budget_bytes: int) -> int:
+    """The batch where the line through the nearest measured batches below and above the budget meets it."""
+    fits = [k for k, v in measured.items() if v <= budget_bytes]
+    over = [k for k, v in measured.items() if v > budget_bytes]
+    if not fits:  # every measured batch is over: the line through the two smallest
+        lo, hi = sorted(measured)[:2]
+    elif not over:  # every one fits: the line through the two largest
+        lo, hi = sorted(measured)[-2:]
+    else:
+        lo, hi = max(fits), min(over)
+        if hi == lo + 1:
+            return lo
+    intercept, slope = fit_line([(lo, measured[lo]), (hi, measured[hi])])
+    guess = math.floor((budget_bytes - intercept) / slope) if slope > 0 else lo
+    if fits and over:  # stay strictly inside the bracket so each round narrows it
+        guess = min(max(guess, max(fits)), min(over) - 1)
+    return max(1, guess)
 
 
 def measured_plan(model: Union[str, ModelShape, Any], budget_bytes: int, seq_len: int, micro_batch: int,

@@ -63,6 +63,29 @@ def test_largest_micro_batch_is_the_measured_boundary():
     assert got["measured"]["4"] <= budget < got["measured"]["5"]
 
 
+def test_largest_micro_batch_finds_the_boundary_past_a_kink():
+    # A peak that is affine between the probes but steeper beyond them (another phase of the step holds
+    # it at large batches): the first line overshoots by ~900 batches. The search re-draws the line
+    # through the bracketing measurements and lands on the exact boundary in a few rounds.
+    def peak(b):
+        return 1000 + 10 * b + (25 * (b - 300) if b > 300 else 0)
+
+    calls = []
+
+    def measure(b):
+        calls.append(b)
+        return peak(b)
+
+    budget = 20_000
+    got = largest_micro_batch(measure, budget, probes=(64, 128), verify=True)
+    want = max(b for b in range(1, 2000) if peak(b) <= budget)
+    assert (got["largest"], got["verified"]) == (want, True) and got["predicted"] == 1900
+    assert len(calls) <= 2 + 2 * 8
+    # A search that cannot reach the boundary in its rounds says so and names only a batch that fits.
+    short = largest_micro_batch(peak, budget, probes=(64, 128), verify=True, max_rounds=1)
+    assert short["verified"] is False and peak(short["largest"]) <= budget
+
+
 def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="optimizer='sgd'"):
         measure_peak(TINY, RECIPES["HF"], 1, 8, "sgd")
