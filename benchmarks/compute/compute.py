@@ -118,7 +118,8 @@ def _lean() -> PRACConfig:
     return PRACConfig.lean() if hasattr(PRACConfig, "lean") else PRACConfig(compress_nonlinear=False)
 
 
-PAPER_SCHEDULE = dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact")
+PAPER_SCHEDULE = dict(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact",
+                      principal_schedule="interval")
 
 
 def _paper(**kw) -> PRACConfig:

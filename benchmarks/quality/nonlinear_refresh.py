@@ -34,43 +34,49 @@ from prac_dist import PRACConfig
 from prac_dist.core.subspace import Compressor
 
 from benchmarks._harness import parser, write_result  # noqa: E402
+from benchmarks.quality.convergence import Setup  # noqa: E402
 
 NEVER = 10 ** 9  # an interval no run reaches
 
-# Schedule -> the PRACConfig.paper() fields it sets (every one also redraws Q2 at each Q1 refresh).
+# Schedule -> the PRACConfig.paper() fields it sets (every one also redraws Q2 at each Q1 refresh). The last
+# column is the linear bases' schedule (principal_schedule; T1 = T2 = 500, exact eigh in every row).
 SCHEDULES: Dict[str, dict] = {
     name: dict(nonlinear_principal_update_interval=t1, nonlinear_principal_solver=solver,
-               nonlinear_principal_schedule=schedule)
-    for name, t1, solver, schedule in [
-        ("T500 exact (the paper)", 500, "exact", "interval"),
-        ("early-dense T500 exact", 500, "exact", "early_dense"),
-        ("early-dense T50 exact", 50, "exact", "early_dense"),
-        ("randomized every 16", 16, "randomized", "interval"),
-        ("randomized every 4", 4, "randomized", "interval"),
-        ("randomized every 2", 2, "randomized", "interval"),
-        ("randomized per step", 1, "randomized", "interval"),
-        ("exact per step", 1, "exact", "interval"),
+               nonlinear_principal_schedule=schedule, principal_schedule=linear)
+    for name, t1, solver, schedule, linear in [
+        ("T500 exact (the paper)", 500, "exact", "interval", "interval"),
+        ("early-dense T500 exact", 500, "exact", "early_dense", "interval"),
+        ("early-dense T50 exact", 50, "exact", "early_dense", "interval"),
+        ("randomized every 16", 16, "randomized", "interval", "interval"),
+        ("randomized every 4", 4, "randomized", "interval", "interval"),
+        ("randomized every 2", 2, "randomized", "interval", "interval"),
+        ("randomized per step", 1, "randomized", "interval", "interval"),
+        ("exact per step", 1, "exact", "interval", "interval"),
+        ("randomized per step, linear early-dense", 1, "randomized", "interval", "early_dense"),
     ]
 }
 
 
 def config(schedule: str, seed: int = 0, **extra) -> PRACConfig:
     """PRACConfig.paper() with the schedule's nonlinear refresh (fused loss off: it is exact, see convergence).
-    Every schedule sets all three nonlinear schedule fields, so the table does not depend on paper()'s own."""
+    Every schedule sets all its schedule fields, so the table does not depend on paper()'s own."""
     return PRACConfig.paper(**{**SCHEDULES[schedule], "seed": seed, "fused_loss": False, **extra})
 
 
-def refreshes(cfg: PRACConfig, steps: int) -> int:
-    """Nonlinear Q1 refreshes in a run of `steps` optimizer steps (the first forward's included)."""
-    comp = Compressor("count", 8, 1, 1, seed=0, per_rank_random=False, t1=cfg.nonlinear_principal_update_interval,
-                      schedule=cfg.nonlinear_principal_schedule)
+def refreshes(cfg: PRACConfig, steps: int, linear: bool = False) -> int:
+    """Nonlinear (linear=True: linear) Q1 refreshes in a run of `steps` optimizer steps (the first forward's
+    included). A 'drift' schedule counts its interval's only: the rest depends on the data (measured in
+    benchmarks.quality.convergence's principal_refreshes)."""
+    t1, schedule = ((cfg.principal_update_interval, cfg.principal_schedule) if linear else
+                    (cfg.nonlinear_principal_update_interval, cfg.nonlinear_principal_schedule))
+    comp = Compressor("count", 8, 1, 1, seed=0, per_rank_random=False, t1=t1, schedule=schedule)
     return 1 + sum(comp.principal_scheduled(s) for s in range(1, steps))
 
 
 # ---- quality ----------------------------------------------------------------------------------------
 
 def quality(seeds: List[int], schedules: List[str], steps: int, old: Dict) -> Dict:
-    from benchmarks.quality.convergence import Setup, train_run
+    from benchmarks.quality.convergence import train_run
 
     setup = Setup()
     runs: Dict[str, Dict[str, dict]] = old.get("runs", {}) if old.get("steps") == steps else {}
@@ -132,19 +138,47 @@ def flops(shape_name: str, shape, batch: int, seq: int, run_steps: List[int], sc
     rows = {}
     for name in schedules:
         cfg = config(name)
-        # Step 2 of a run refreshing the nonlinear bases every step: warm-started where the solver is.
-        each = _flops_of(shape, replace(cfg, nonlinear_principal_update_interval=1), batch, seq, 2)[1] - steady
+        # Step 2 of a run refreshing the nonlinear bases every step: warm-started where the solver is (the
+        # linear bases on 'interval' here: their refreshes are counted with `linear` below).
+        each = _flops_of(shape, replace(cfg, nonlinear_principal_update_interval=1, principal_schedule="interval"),
+                         batch, seq, 2)[1] - steady
         per_step = {}
         for steps in run_steps:
-            amortised = steady + each * refreshes(cfg, steps) / steps + linear * (1 + (steps - 1) // 500) / steps
+            amortised = (steady + each * refreshes(cfg, steps) / steps
+                         + linear * refreshes(cfg, steps, linear=True) / steps)
             per_step[str(steps)] = {"decoder_flops": amortised, "ratio_to_baseline": amortised / base,
-                                    "nonlinear_refreshes": refreshes(cfg, steps)}
+                                    "nonlinear_refreshes": refreshes(cfg, steps),
+                                    "linear_refreshes": refreshes(cfg, steps, linear=True)}
         rows[name] = {"nonlinear_refresh_flops": each, "per_step": per_step}
         print(f"  [{shape_name}] {name:<26} refresh {each / 1e6:9.1f} MFLOP  per step "
               + "  ".join(f"{s}: {v['ratio_to_baseline']:.3f}x" for s, v in per_step.items()), file=sys.stderr)
     return {"shape": shape.__dict__ if hasattr(shape, "__dict__") else str(shape), "batch": batch, "seq": seq,
             "baseline_decoder_flops": base, "steady_decoder_flops": steady, "linear_refresh_flops": linear,
             "schedules": rows}
+
+
+def _layer(setup) -> tuple:
+    """One decoder layer of a convergence setup (ratios are per layer), its batch and sequence length; a
+    512-token vocabulary keeps the head (not counted) cheap."""
+    from prac_dist.models import PRESETS
+
+    shape = replace(PRESETS["llama_130m"], hidden=setup.hidden, layers=1, heads=setup.heads, ffn=setup.ffn,
+                    vocab=512)
+    return shape, setup.batch, setup.seq_len
+
+
+def _llama_130m_layer() -> tuple:
+    from prac_dist.models import PRESETS
+
+    return replace(PRESETS["llama_130m"], layers=1, vocab=512), 8, 256
+
+
+FLOP_SHAPES = {
+    "training shape (64 wide)": lambda: _layer(Setup()),
+    # benchmarks/results/convergence_long.json's setup: 32 wide, ffn 88, batch 8 x 32 tokens.
+    "long-run shape (32 wide)": lambda: _layer(Setup(hidden=32, heads=2, ffn=88, batch=8, seq_len=32)),
+    "LLaMA-130M layer": _llama_130m_layer,
+}
 
 
 def main(argv=None) -> int:
@@ -154,7 +188,7 @@ def main(argv=None) -> int:
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--shapes", nargs="+", default=["training shape (64 wide)", "LLaMA-130M layer"],
-                    choices=["training shape (64 wide)", "LLaMA-130M layer"], help="--part flops: which shapes")
+                    choices=list(FLOP_SHAPES), help="--part flops: which shapes")
     ap.add_argument("--merge", type=Path, nargs="+", default=[],
                     help="add the quality runs and FLOP counts of these result files (made in parallel) first")
     args = ap.parse_args(argv)
@@ -185,18 +219,10 @@ def main(argv=None) -> int:
         for name, e in result["quality"]["summary"].items():
             print(f"{name:<28} seeds {e['seeds']}  val {e['mean_val_loss']:.4f}  gap {100 * e['rel_gap_mean']:+.2f}%")
     else:
-        from benchmarks.quality.convergence import Setup
-        from prac_dist.models import PRESETS
-
-        s = Setup()
-        # One decoder layer (ratios are per layer); a 512-token vocabulary keeps the head (not counted) cheap.
-        tiny = replace(PRESETS["llama_130m"], hidden=s.hidden, layers=1, heads=s.heads, ffn=s.ffn, vocab=512)
         runs = [300, 1000, 10_000]
-        shapes = {"training shape (64 wide)": (tiny, s.batch, s.seq_len),
-                  "LLaMA-130M layer": (replace(PRESETS["llama_130m"], layers=1, vocab=512), 8, 256)}
         result.setdefault("flops", {})
         for name in args.shapes:
-            shape, batch, seq = shapes[name]
+            shape, batch, seq = FLOP_SHAPES[name]()
             result["flops"][name] = flops(name, shape, batch, seq, runs, args.schedules)
         write_result(args.out, "nonlinear_refresh", result, torch_threads=1)
     result["seconds"] = time.perf_counter() - t0

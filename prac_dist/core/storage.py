@@ -37,8 +37,13 @@ def is_compressed_activation(t: torch.Tensor) -> bool:
 @torch.no_grad()
 def pack(x2d: torch.Tensor, q_fwd: torch.Tensor, bits: int, kernel: str = "torch", seed: int = 0) -> tuple:
     """Stored form of x2d's projection Z = x2d·q_fwd (q_fwd float32), kept as `pack_projected` keeps it."""
-    z, _ = fused_project(x2d, q_fwd, 16, kernel=kernel)
-    return pack_projected(z, bits, kernel, seed)
+    return pack_projected(project(x2d, q_fwd, kernel), bits, kernel, seed)
+
+
+@torch.no_grad()
+def project(x2d: torch.Tensor, q_fwd: torch.Tensor, kernel: str = "torch") -> torch.Tensor:
+    """Z = x2d·q_fwd in x2d's dtype (q_fwd float32), before it is packed."""
+    return fused_project(x2d, q_fwd, 16, kernel=kernel)[0]
 
 
 @torch.no_grad()

@@ -24,9 +24,9 @@ compile per layer). The linears that read one tensor share one Z, carried by tha
 (`compress_shared`).
 
 Refreshes stay on the device (no host synchronisation): the captured energy is a 0-dim tensor
-read only by prac_stats; a batch with a non-finite value keeps the previous basis (counted in
-`nonfinite_refreshes`), and the Gram is formed from X / max|X| so activations near the float32
-limit (1e38) do not overflow it.
+read only by prac_stats (and, under schedule='drift', once per optimizer step by patching.apply.step);
+a batch with a non-finite value keeps the previous basis (counted in `nonfinite_refreshes`), and the
+Gram is formed from X / max|X| so activations near the float32 limit (1e38) do not overflow it.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from prac_dist.kernels.projection import gaussian_noise, rounding_key
-from prac_dist.kernels.subspace import finite_scaled, principal_basis, spectrum, top_basis
+from prac_dist.kernels.subspace import energy_share, finite_scaled, principal_basis, spectrum, top_basis
 
 __all__ = ["Compressor", "SCHEDULES"]
 
-# When a Compressor recomputes Q1 (Compressor.principal_scheduled).
-SCHEDULES = ("interval", "early_dense")
+# When a Compressor recomputes Q1 (Compressor.principal_scheduled; 'drift' also Compressor.drifted).
+SCHEDULES = ("interval", "early_dense", "drift")
 
 # The attribute of a linear's input tensor that carries (compressor epoch, stored form) for its siblings.
 _STORED_ATTR = "_prac_stored"
@@ -147,7 +147,7 @@ class Compressor:
     def __init__(self, name: str, n: int, r1: int, r2: int, *, seed: int, per_rank_random: bool,
                  storage_bits: int = 16, solver: str = "exact", kernel: str = "auto",
                  adaptive: str = "off", adaptive_energy: float = 0.9, t1: int = 500, t2: int = 500,
-                 storage: str = "project", schedule: str = "interval"):
+                 storage: str = "project", schedule: str = "interval", drift: float = 0.9):
         if storage not in ("project", "int8"):
             raise ValueError(f"{name}: storage={storage!r}: accepted is 'project' or 'int8'")
         if storage == "project" and (r1 + r2 == 0 or r1 + r2 > n):
@@ -156,7 +156,7 @@ class Compressor:
             raise ValueError(f"{name}: adaptive={adaptive!r} needs a basis; storage='int8' has none")
         if schedule not in SCHEDULES:
             raise ValueError(f"{name}: schedule={schedule!r}: accepted is one of {SCHEDULES}")
-        self.storage, self.schedule = storage, schedule
+        self.storage, self.schedule, self.drift = storage, schedule, drift
         self.name, self.n, self.r1, self.r2 = name, n, r1, r2
         self.budget, self.adaptive, self.adaptive_energy = r1 + r2, adaptive, adaptive_energy
         self.t1, self.t2 = t1, t2
@@ -176,6 +176,8 @@ class Compressor:
         self._keys: Optional[torch.Tensor] = None  # int64 [2, 2]: base keys of the roundings and the draws
         self._renew_epoch()
         self.energy: Optional[torch.Tensor] = None  # 0-dim, on the device: read lazily (prac_stats)
+        # schedule='drift': the share ‖XQ1‖²/‖X‖² of the last batch compressed with this Q1 (0-dim, device).
+        self.batch_energy: Optional[torch.Tensor] = None
         self.nonfinite_refreshes: Optional[torch.Tensor] = None  # refreshes that kept the old basis
         # adaptive='global': the last scheduled refresh's variance curve, waiting for step() to reallocate.
         self.curve: Optional[torch.Tensor] = None
@@ -209,10 +211,18 @@ class Compressor:
 
         'interval': every T1 steps. 'early_dense': also at steps 1, 2, 4, 8, ... below T1, when the
         weights, and so the activations' principal subspace, move fastest (log2(T1) extra refreshes).
+        'drift': every T1 steps here, and whenever `drifted` says so (read by patching.apply.step).
         """
         if step % self.t1 == 0:
             return True
         return self.schedule == "early_dense" and step < self.t1 and step & (step - 1) == 0
+
+    def drifted(self) -> Optional[torch.Tensor]:
+        """schedule='drift': a 0-dim bool on the device, True when the last batch's captured share ‖XQ1‖²/‖X‖²
+        fell below `drift` times the share at the last refresh; None before both are known."""
+        if self.schedule != "drift" or self.batch_energy is None or self.energy is None:
+            return None
+        return self.batch_energy < self.drift * self.energy.to(self.batch_energy.device)
 
     def mark(self, step: int) -> None:
         self._renew_epoch()
@@ -252,7 +262,7 @@ class Compressor:
                     energy = torch.where(ok, energy, self.energy.to(energy.device))
             bad = (~ok).to(torch.int64)
             self.nonfinite_refreshes = bad if self.nonfinite_refreshes is None else self.nonfinite_refreshes + bad
-            self.q1, self.energy = q1, energy
+            self.q1, self.energy, self.batch_energy = q1, energy, None
             self.principal_due = False
             self.random_due = True  # Q2 must live in the complement of the new Q1
         if self.random_due:
@@ -353,14 +363,20 @@ class Compressor:
         seed: the rounding's key from next_seed(), taken before an autograd.Function's forward (a counter
         mutated inside one would not trace); None takes the next one here.
         """
-        from prac_dist.core.storage import pack, pack_int8
+        from prac_dist.core.storage import pack, pack_int8, pack_projected, project
 
         if self.rounds and seed is None:
             self._place(x2d.device)
             seed = self.next_seed()
         if not self.projects:
             return pack_int8(x2d, self.kernel, seed)
-        return pack(x2d, self.q_fwd(torch.float32, x2d.device), self.storage_bits, self.kernel, seed)
+        if self.schedule != "drift":
+            return pack(x2d, self.q_fwd(torch.float32, x2d.device), self.storage_bits, self.kernel, seed)
+        z = project(x2d, self.q_fwd(torch.float32, x2d.device), self.kernel)
+        # The drift trigger's share from X·Q1 in hand: ‖Z[:, :r1]‖² / ‖X‖² costs O(N·n), no matmul.
+        x = x2d.float()
+        self.batch_energy = energy_share(z[:, :self.r1].float().pow(2).sum(), x.pow(2).sum())
+        return pack_projected(z, self.storage_bits, self.kernel, seed)
 
     def compress_shared(self, x: torch.Tensor, x2d: torch.Tensor) -> tuple:
         """Compress once per input tensor: q/k/v (gate/up) calls with the same x reuse one Z.

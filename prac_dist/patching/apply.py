@@ -82,10 +82,11 @@ def _new_compressor(cfg: PRACConfig, name: str, n: int, nonlinear: bool, m: Opti
         schedule = cfg.nonlinear_principal_schedule
     else:
         solver, t1, adaptive = cfg.principal_solver, cfg.principal_update_interval, cfg.adaptive_rank
-        schedule = "interval"
+        schedule = cfg.principal_schedule
     return Compressor(name, n, r1, r2, seed=cfg.seed, per_rank_random=cfg.per_rank_random,
                       storage_bits=cfg.storage_bits, solver=solver, kernel=cfg.kernel, adaptive=adaptive,
-                      adaptive_energy=cfg.adaptive_energy, t1=t1, t2=cfg.random_update_interval, schedule=schedule)
+                      adaptive_energy=cfg.adaptive_energy, t1=t1, t2=cfg.random_update_interval, schedule=schedule,
+                      drift=cfg.principal_drift)
 
 
 def _swap(state: PRACState, parent: nn.Module, attr: str, new: nn.Module) -> None:
@@ -370,7 +371,20 @@ def step(model: nn.Module) -> None:
     state.step += 1
     for comp in state.compressors.values():
         comp.mark(state.step)
+    _drift_refreshes(state)
     _reallocate(state)
+
+
+def _drift_refreshes(state: PRACState) -> None:
+    """principal_schedule='drift': a refresh for every basis whose captured share fell (one host read per
+    step, the schedule's price: the solve it may skip cannot be skipped without knowing)."""
+    flags = {name: f for name, c in state.compressors.items() if (f := c.drifted()) is not None}
+    if not flags:
+        return
+    device = next(iter(flags.values())).device
+    for name, hit in zip(flags, torch.stack([f.to(device) for f in flags.values()]).tolist()):
+        if hit:
+            state.compressors[name].principal_due = True
 
 
 def _reallocate(state: PRACState) -> None:

@@ -70,6 +70,12 @@ def test_convergence_and_grad_quality_toy(tmp_path):
     starts = {v: rs[0]["val_curve"][0] for v, rs in short["runs"].items()}
     assert max(starts.values()) - min(starts.values()) < 1e-6
     assert "rel_gap_vs_baseline" in short["summary"]["variants"]["prac"]
+    # Q1 solves per basis, the first forward's included (the last step's is never run): the linear bases
+    # after step 2 (T1 = 2), the norm/SwiGLU ones after every step.
+    solves = short["runs"]["prac"][0]["principal_refreshes"]
+    assert {n for n, k in solves.items() if k == 2} == {n for n in solves if n.endswith("_proj")}
+    assert {k for n, k in solves.items() if not n.endswith("_proj")} == {4}
+    assert "principal_refreshes" not in short["runs"]["baseline"][0]
     assert (tmp_path / "conv.png").stat().st_size > 0
 
     gq = tmp_path / "gq.json"

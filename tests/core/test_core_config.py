@@ -21,6 +21,9 @@ from prac_dist import PRACConfig, apply_prac
     ({"target_modules": [1]}, ["target_modules[0]", "1", "a string"]),
     ({"target_modules": "q_proj"}, ["target_modules", "null or a list of strings"]),
     ({"adaptive_rank": "on"}, ["adaptive_rank", "'on'", "['off', 'min_variance', 'energy', 'global']"]),
+    ({"principal_schedule": "often"}, ["principal_schedule", "'often'", "'early_dense', 'drift'"]),
+    ({"principal_drift": 0.0}, ["principal_drift", "0.0", "(0, 1]"]),
+    ({"principal_drift": 1.5}, ["principal_drift", "1.5", "(0, 1]"]),
 ])
 def test_bad_field_is_named(kwargs, words):
     with pytest.raises(ValueError) as err:
@@ -76,3 +79,14 @@ def test_model_errors(make_llama):
         apply_prac(model, PRACConfig())
     with pytest.raises(ValueError, match="must be a PRACConfig"):
         apply_prac(make_llama(), {"principal_ratio": 0.3})
+
+
+def test_schedule_fields_come_through_from_dict():
+    """The DeepSpeed JSON "prac" section and the YAML prac: section both build through from_dict."""
+    cfg = PRACConfig.from_dict({"principal_schedule": "drift", "principal_drift": 0.8,
+                                "nonlinear_principal_schedule": "early_dense"})
+    assert cfg.principal_schedule == "drift" and cfg.principal_drift == 0.8
+    assert cfg.nonlinear_principal_schedule == "early_dense"
+    assert PRACConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"prac\.principal_drift='0\.8' has the wrong type \(str\)"):
+        PRACConfig.from_dict({"principal_drift": "0.8"})

@@ -87,3 +87,24 @@ def test_counter_sees_a_read(make_llama):
     with count_host_reads() as calls:
         assert prac_stats(model)
     assert sum(calls.values()) > 0
+
+
+def test_drift_schedule_reads_one_value_per_step(make_llama):
+    """principal_schedule='drift' decides on the host whether to re-solve: one .tolist() per optimizer step,
+    whatever the number of bases, and nothing else."""
+    model = apply_prac(make_llama(), PRACConfig.paper(principal_schedule="drift"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    hook_optimizer(opt, model)
+    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+
+    train_step()
+    with count_host_reads() as calls:
+        for _ in range(3):
+            train_step()
+    assert sum(model._prac_state.compressors[k].schedule == "drift" for k in model._prac_state.compressors) > 1
+    assert [name for name, _ in calls] == ["tolist"] and sum(calls.values()) == 3, dict(calls)

@@ -107,19 +107,21 @@ def test_int8_linear_weight_gradient_is_unbiased(make_llama):
 
 
 def test_paper_preset_projects_everything_with_the_papers_schedule(make_llama):
-    """The paper's ranks, bytes and linear schedule (T1 = T2 = 500, exact); its one departure: the
-    norm/SwiGLU bases re-solved every step by the randomized solver (PRACConfig.paper's docstring)."""
+    """The paper's ranks, bytes, T1 = T2 = 500 and exact solver for the linear bases; its departures are
+    schedules (PRACConfig.paper's docstring): the linear Q1 also at steps 1, 2, 4, ..., 256, the norm/SwiGLU
+    bases re-solved every step by the randomized solver. Overrides give back the paper's own schedule."""
     cfg = PRACConfig.paper(fused_loss=False)
     assert (cfg.principal_ratio, cfg.random_ratio, cfg.nonlinear_principal_ratio, cfg.nonlinear_random_ratio) == (
         0.3, 0.3, 0.2, 0.2)
     model = apply_prac(make_llama(hidden=64, ffn=160), cfg)
     comps = model._prac_state.compressors
     assert comps and all(c.projects and c.t2 == 500 and c.storage_bits == 16 for c in comps.values())
-    schedules = {(c.t1, c.solver) for c in comps.values()}
-    assert schedules == {(500, "exact"), (1, "randomized")}, schedules
-    paper_schedule = PRACConfig.paper(nonlinear_principal_update_interval=500, nonlinear_principal_solver="exact")
+    schedules = {(c.t1, c.solver, c.schedule) for c in comps.values()}
+    assert schedules == {(500, "exact", "early_dense"), (1, "randomized", "interval")}, schedules
+    paper_schedule = PRACConfig.paper(principal_schedule="interval", nonlinear_principal_update_interval=500,
+                                      nonlinear_principal_solver="exact")
     comps = apply_prac(make_llama(hidden=64, ffn=160), paper_schedule)._prac_state.compressors
-    assert {(c.t1, c.solver) for c in comps.values()} == {(500, "exact")}
+    assert {(c.t1, c.solver, c.schedule) for c in comps.values()} == {(500, "exact", "interval")}
     assert PRACConfig.lean().compress_nonlinear is False
 
 

@@ -8,7 +8,7 @@ import typing
 import pytest
 import torch
 
-from prac_dist import PRACConfig, apply_prac, hook_optimizer
+from prac_dist import PRACConfig, apply_prac, hook_optimizer, step
 from prac_dist.core.subspace import SCHEDULES, Compressor
 from prac_dist.kernels import captured_energy, principal_basis
 
@@ -71,7 +71,10 @@ def test_schedules_name_the_refresh_steps():
     assert steps("early_dense", 50, 201) == [1, 2, 4, 8, 16, 32, 50, 100, 150, 200]
     assert steps("early_dense", 1, 6) == [1, 2, 3, 4, 5]
     assert steps("early_dense", 16, 40) == [1, 2, 4, 8, 16, 32]  # 16 is due once, not twice
-    assert set(SCHEDULES) == set(typing.get_type_hints(PRACConfig)["nonlinear_principal_schedule"].__args__)
+    assert steps("drift", 50, 201) == [50, 100, 150, 200]  # the trigger's refreshes come from apply.step
+    hints = typing.get_type_hints(PRACConfig)
+    assert set(SCHEDULES) == set(hints["principal_schedule"].__args__)
+    assert set(hints["nonlinear_principal_schedule"].__args__) == set(SCHEDULES) - {"drift"}
     with pytest.raises(ValueError, match="schedule='often'.*accepted"):
         Compressor("c", 8, 1, 1, seed=0, per_rank_random=False, schedule="often")
 
@@ -96,23 +99,66 @@ def _train_and_watch(model, cfg, steps):
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        for k, c in comps.items():
-            if c.projects and c.q1 is not seen[k]:
+        for k, c in comps.items():  # by value: Q1 is a view of the held [Q1 | Q2], renewed by a Q2 redraw too
+            if c.projects and (seen[k] is None or not torch.equal(c.q1, seen[k])):
                 refreshed[k].append(step)
-                seen[k] = c.q1
+                seen[k] = c.q1.clone()
     return comps, refreshed
 
 
-def test_paper_refreshes_nonlinear_bases_on_its_schedule(make_llama):
-    """In training, paper()'s norm/SwiGLU bases are recomputed on the forward after each scheduled step
-    (steps count from the forward that first builds them), the linear ones every T1."""
-    cfg = PRACConfig.paper(principal_update_interval=8, random_update_interval=8,
-                           nonlinear_principal_update_interval=8, nonlinear_principal_schedule="early_dense")
+@pytest.mark.parametrize("linear_schedule", ["interval", "early_dense"])
+def test_paper_refreshes_bases_on_their_schedules(make_llama, linear_schedule):
+    """In training, the norm/SwiGLU bases and the linear ones are each recomputed on the forward after
+    each step their own schedule names (steps count from the forward that first builds them)."""
+    cfg = PRACConfig.paper(principal_update_interval=8, random_update_interval=8, principal_schedule=linear_schedule,
+                           nonlinear_principal_update_interval=6, nonlinear_principal_schedule="early_dense")
     comps, refreshed = _train_and_watch(make_llama(), cfg, 20)
-    nonlinear = [k for k, c in comps.items() if c.schedule == "early_dense"]
-    linear = [k for k, c in comps.items() if c.projects and c.schedule == "interval"]
+    nonlinear = [k for k, c in comps.items() if c.t1 == 6]
+    linear = [k for k, c in comps.items() if c.projects and c.t1 == 8]
     assert nonlinear and linear
-    for k in nonlinear:  # schedule marks after steps 1, 2, 4, 8, 16 -> new Q1 at the next forward
-        assert refreshed[k] == [1, 2, 3, 5, 9, 17], k
-    for k in linear:
-        assert refreshed[k] == [1, 9, 17], k
+    for k in nonlinear:  # schedule marks after steps 1, 2, 4, 6, 12, 18 -> new Q1 at the next forward
+        assert refreshed[k] == [1, 2, 3, 5, 7, 13, 19], k
+    for k in linear:  # early_dense: marks after 1, 2, 4, 8, 16
+        assert refreshed[k] == ([1, 9, 17] if linear_schedule == "interval" else [1, 2, 3, 5, 9, 17]), k
+
+
+def _spiked(n: int, r: int, first: bool, seed: int) -> torch.Tensor:
+    """256 rows whose energy lies (100:1) in the first r (first=True) or the last r coordinates."""
+    scale = torch.full((n,), 0.1)
+    scale[slice(0, r) if first else slice(n - r, n)] = 10.0
+    return torch.randn(256, n, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def test_drift_trigger_compares_the_captured_share():
+    """schedule='drift': the share ‖XQ1‖²/‖X‖² of the last compressed batch against the last refresh's."""
+    comp = Compressor("c", 16, 4, 4, seed=0, per_rank_random=False, t1=1000, schedule="drift", drift=0.9)
+    x = _spiked(16, 4, True, 0)
+    assert comp.drifted() is None  # nothing to compare yet
+    comp.refresh(x)
+    comp.compress(x)
+    assert abs(float(comp.batch_energy) - float(comp.energy)) < 1e-4 and not bool(comp.drifted())
+    comp.compress(_spiked(16, 4, True, 1))  # another batch of the same subspace: no trigger
+    assert not bool(comp.drifted())
+    comp.compress(_spiked(16, 4, False, 2))  # the energy moved out of Q1
+    assert float(comp.batch_energy) < 0.01 and bool(comp.drifted())
+    comp.mark(1)
+    assert not comp.principal_due  # the interval alone is not due; patching.apply.step reads the trigger
+    assert Compressor("c", 16, 4, 4, seed=0, per_rank_random=False).drifted() is None  # other schedules: never
+
+
+def test_step_refreshes_exactly_the_drifted_bases(make_llama):
+    cfg = PRACConfig.paper(principal_schedule="drift", fused_loss=False)
+    model = apply_prac(make_llama(), cfg)
+    comps = model._prac_state.compressors
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, labels=ids).loss.backward()
+    linear = [k for k, c in comps.items() if c.schedule == "drift"]
+    assert linear and all(comps[k].batch_energy is not None for k in linear)
+    low = linear[0]
+    comps[low].batch_energy = comps[low].energy * 0.5
+    for k in linear[1:]:
+        comps[k].batch_energy = comps[k].energy.clone()
+    step(model)
+    assert [k for k in linear if comps[k].principal_due] == [low]
+    model(input_ids=ids, labels=ids)
+    assert not comps[low].principal_due and comps[low].batch_energy is not None
