@@ -15,10 +15,10 @@ RESULTS = sorted((BENCH / "results").glob("*.json"))
 PROVENANCE = ("commit", "dirty", "command", "transformers")
 AWAITING_REGENERATION = {
     "adaptive_rank.json", "compute.json", "compute_1b.json", "convergence.json", "convergence_linear_only.json",
-    "convergence_long.json", "nonlinear_bias.json",
+    "nonlinear_bias.json",
     "convergence_linear_only_300.json", "convergence_presets.json",
     "fsdp_variance.json", "fused_loss_memory.json", "grad_quality.json", "init_memory.json",
-    "memory.json", "nonlinear_refresh.json", "planner_accuracy.json",
+    "memory.json", "planner_accuracy.json",
     "storage_bits.json", "subspace_refresh.json",
 }
 
