@@ -12,9 +12,9 @@ attention, plus QR 2mn² and eigh 9n³), so the two can be held to each other (t
                   'project') adds Z = X·Q forward and X~ = Z·Qᵀ backward (4·N·n·r); each projected
                   basis's refresh (cost.refresh_flops) once per T1 steps of its PRACConfig interval
                   (principal_update_interval; nonlinear_principal_update_interval), amortised: the
-                  steady rate. An 'early_dense' schedule adds log2(T1) refreshes per run, not per step
-                  (benchmarks/nonlinear_refresh.py counts them over a run length); 'drift' adds as many
-                  as the data triggers (benchmarks/convergence.py records them)
+                  steady rate. An 'early_dense' schedule adds log2(T1) refreshes per run, not per
+                  step (benchmarks/quality/nonlinear_refresh.py counts them over a run length);
+                  'drift' as many as the data triggers (benchmarks/quality/convergence.py records them)
   head            6·N·d·V for HF's head and the fused loss's backward='store'; 8·N·d·V when the
                   fused loss recomputes the logits ('recompute'; 'auto' where store_fits says no)
 """
