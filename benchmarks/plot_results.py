@@ -31,13 +31,11 @@ _OTHER_NAMES = {
     "selective checkpointing": ("selective checkpointing (matmul outputs)", None),
     "fused loss head": ("fused loss only", None),
     "PRACConfig()": ("PRACConfig()", "defaults"),
-    "lean()": ("PRAC lean (compress_nonlinear=False)", None),
-    "paper()": ("PRAC paper", "paper"),
+    "lean()": ("PRAC lean (compress_nonlinear=False)", "lean"),
+    "paper()": ("PRACConfig.paper()", "paper"),
     "PRACConfig() + full checkpointing": (None, None),
 }
-# How a row is shown: the "paper()" rows were measured with every basis on the paper's own schedule (refresh
-# every T1 steps; PRACConfig.paper() re-solves the norm/SwiGLU bases every step: docs/results.md).
-_DISPLAY = {"paper()": "the paper's method, its T1 schedule"}
+_DISPLAY = {"paper()": "PRACConfig.paper()"}
 
 
 def _env_line(env: dict) -> str:
@@ -171,13 +169,13 @@ def _gib(row: Optional[dict], paper: Optional[float] = None) -> str:
     return text + (f" ({paper:.2f} GB)" if paper else "")
 
 
-def headline_table(peak: dict, compute_1b: Optional[dict], presets: Optional[dict]) -> List[str]:
+def headline_table(peak: dict, compute_1b: Optional[dict], convergence: Optional[dict]) -> List[str]:
     """README's table: whole-step peak at 130M and 1B, the batch it buys, FLOPs and validation loss."""
     flops = {r["setting"]: r for r in (compute_1b or {}).get("results", {}).get("llama_1b", {}).get("rows", [])}
-    conv = (presets or {}).get("lengths", {}).get("long", {}).get("summary", {}).get("variants", {})
+    conv = (convergence or {}).get("lengths", {}).get("short", {}).get("summary", {}).get("variants", {})
     paper = {"HF": (21.26, 50.35), "paper()": (15.65, 36.90)}
     out = ["| setting | LLaMA-130M x 128 peak GiB (paper) | LLaMA-1B x 64 peak GiB (paper) | LLaMA-1B largest "
-           "micro-batch, 80 / 40 GiB | decoder FLOPs (1B) | val loss vs HF (toy) |", "|---|---|---|---|---|---|"]
+           "micro-batch, 80 / 40 GiB | decoder FLOPs (1B) | val loss vs HF (1,000 steps, small LLaMA) |", "|---|---|---|---|---|---|"]
     for setting, (flop_name, conv_name) in _OTHER_NAMES.items():
         p130, p1b = paper.get(setting, (None, None))
         f = flops.get(flop_name)
@@ -238,7 +236,7 @@ def render_headline() -> str:
     if peak is None:
         raise SystemExit("benchmarks/results/peak_memory.json is missing: run python -m benchmarks.memory.peak_memory")
     return "\n".join([HEAD_BEGIN, ""] + headline_table(peak, _load("compute_1b.json"),
-                                                       _load("convergence_presets.json")) + [""]
+                                                       _load("convergence_long.json")) + [""]
                      + headline_sentences(peak) + ["", HEAD_END])
 
 

@@ -143,6 +143,9 @@ def settings() -> Dict[str, dict]:
         # The paper's own schedule (T1 = 500 for every basis, exact eigh), which the planner models;
         # PRACConfig.paper() re-solves the norm/SwiGLU bases every step (benchmarks/quality/nonlinear_refresh.py).
         "PRAC paper": {"prac": _paper(**PAPER_SCHEDULE)},
+        # The preset as shipped: norm/SwiGLU Q1 re-solved every step (in the steady step's count), linear Q1
+        # early-dense then every T1 (amortised over T1 like the others: the 9 early solves are not counted).
+        "PRACConfig.paper()": {"prac": PRACConfig.paper()},
         "PRAC paper, 8-bit": {"prac": _paper(storage_bits=8, **PAPER_SCHEDULE)},
     }
 
