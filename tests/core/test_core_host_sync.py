@@ -1,4 +1,4 @@
-"""No host synchronisation on the training hot path (issue #12.4).
+"""No host synchronisation on the training hot path.
 
 A GPU stalls whenever Python reads a tensor's value: Tensor.item, float/int/bool(tensor), .tolist(),
 .cpu() or .to('cpu'). On this CPU machine those calls are free, so the test counts them instead: every
@@ -52,6 +52,20 @@ def _to_cpu(t, args, kwargs):
     return dev is not None and torch.device(dev).type == "cpu" and t.device.type != "cpu"
 
 
+def _trainer(model):
+    """One AdamW training step on a fixed batch, with the PRAC schedule hooked to the optimizer."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    hook_optimizer(opt, model)
+    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+
+    return train_step
+
+
 @pytest.mark.parametrize("cfg", [
     PRACConfig(principal_update_interval=3, random_update_interval=3),
     PRACConfig.lean(principal_update_interval=3, random_update_interval=3),
@@ -62,15 +76,7 @@ def _to_cpu(t, args, kwargs):
 def test_training_step_reads_nothing_back(cfg, make_llama):
     model = apply_prac(make_llama(), cfg)
     assert model._prac_state.fused_loss  # the step runs through the installed fused head
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    hook_optimizer(opt, model)
-    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-
+    train_step = _trainer(model)
     train_step()  # warm-up: the first refresh builds every basis
     with count_host_reads() as calls:
         for _ in range(3):  # steps 2, 3 (the schedule refreshes Q1 and Q2 here) and 4
@@ -93,15 +99,7 @@ def test_drift_schedule_reads_one_value_per_step(make_llama):
     """principal_schedule='drift' decides on the host whether to re-solve: one .tolist() per optimizer step,
     whatever the number of bases, and nothing else."""
     model = apply_prac(make_llama(), PRACConfig.paper(principal_schedule="drift"))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    hook_optimizer(opt, model)
-    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-
+    train_step = _trainer(model)
     train_step()
     with count_host_reads() as calls:
         for _ in range(3):
