@@ -63,7 +63,10 @@ def test_aot_eager_matches_eager_paper(make_llama):
 
 @pytest.mark.slow
 def test_inductor_matches_eager(make_llama):
-    _compare(make_llama, INT8, "inductor", 1e-4)
+    # 16-bit Z: inductor reorders the float32 arithmetic around the basis solve and the projection (1e-7
+    # differences), which an int8 stochastic rounding can turn into a whole quantum of one entry; the int8
+    # path is held bit for bit under aot_eager above, where the same ATen ops run.
+    _compare(make_llama, PAPER, "inductor", 1e-4)
 
 
 def test_prac_train_compile_flag(capsys):
