@@ -17,7 +17,7 @@ AWAITING_REGENERATION = {
     "adaptive_rank.json", "compute.json", "compute_1b.json", "convergence.json", "convergence_linear_only.json",
     "nonlinear_bias.json",
     "convergence_linear_only_300.json", "convergence_presets.json",
-    "fsdp_variance.json", "fused_loss_memory.json", "grad_quality.json", "init_memory.json",
+    "fsdp_variance.json", "grad_quality.json", "init_memory.json",
     "memory.json", "planner_accuracy.json",
     "storage_bits.json", "subspace_refresh.json",
 }
