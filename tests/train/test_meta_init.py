@@ -147,7 +147,8 @@ def test_two_ranks_zero3_partition_on_build_match_cpu_build(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
-    cmd = [launcher, "--num_gpus", "2", "--master_port", str(port), str(ROOT / "benchmarks" / "init_memory.py"),
+    # --module: the script runs as `python -m`, so benchmarks/ is imported as a package, never put on sys.path.
+    cmd = [launcher, "--num_gpus", "2", "--master_port", str(port), "--module", "benchmarks.memory.init_memory",
            "--preset", "llama_60m", "--deepspeed", str(ROOT / "configs" / "ds" / "zero3.json"), "--shard-only",
            "--compare", "--out", str(out)]
     row = _launch(cmd, env, tmp_path, out)
