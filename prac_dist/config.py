@@ -158,7 +158,9 @@ class PRACConfig:
         benchmarks/results/convergence_long.json): validation loss +0.92% / +1.06% / +0.86% above the
         baseline, +0.95% on the mean (a margin smaller than the seeds scatter), against +1.14% / +1.18% /
         +1.03% with the linear bases on the paper's interval; 2.022x the baseline's decoder FLOPs per step,
-        refreshes amortised (2.017x on the interval). The rest of the gap is the norm/SwiGLU projection,
+        refreshes amortised (2.017x on the interval). At the LLaMA-1B layer shape the per-step re-solve of
+        the ffn-wide SwiGLU bases costs far more: 6.12x the baseline's decoder FLOPs, against 1.65x on the
+        paper's schedule (benchmarks/results/compute_1b.json). The rest of the gap is the norm/SwiGLU projection,
         6 + 6 of 32 coordinates at this width: more linear refreshes (every step +1.23%, principal_schedule=
         'drift' +1.12%, 2 seeds) do not close it. The paper's own schedule stays reachable:
         paper(principal_schedule='interval', nonlinear_principal_update_interval=500,

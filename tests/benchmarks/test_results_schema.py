@@ -14,7 +14,7 @@ from benchmarks._bench_env import check_result, environment, write_result
 RESULTS = sorted((BENCH / "results").glob("*.json"))
 PROVENANCE = ("commit", "dirty", "command", "transformers")
 AWAITING_REGENERATION = {
-    "adaptive_rank.json", "compute.json", "compute_1b.json", "convergence.json", "convergence_linear_only.json",
+    "adaptive_rank.json", "compute.json", "convergence.json", "convergence_linear_only.json",
     "nonlinear_bias.json",
     "convergence_linear_only_300.json", "convergence_presets.json",
     "fsdp_variance.json", "grad_quality.json", "init_memory.json",
