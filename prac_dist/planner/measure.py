@@ -332,21 +332,28 @@ def largest_micro_batch(measure: Callable[[int], int], budget_bytes: int, probes
     intercept, slope = fit_line(sorted(measured.items())[:2])
     if slope <= 0:
         raise ValueError(f"peak does not grow with the micro-batch (slope {slope:.3g} bytes): probes {list(probes)}")
-    predicted = max(0, math.floor((budget_bytes - intercept) / slope))
-    out = {"predicted": predicted, "intercept_bytes": intercept, "bytes_per_sample": slope}
+    predicted = max(0, _crossing(intercept, slope, budget_bytes))
+
+    def result(largest: int, verified: bool) -> Dict[str, Any]:
+        return {"predicted": predicted, "intercept_bytes": intercept, "bytes_per_sample": slope, "largest": largest,
+                "verified": verified, "measured": {str(k): v for k, v in sorted(measured.items())}}
+
     if not verify or predicted == 0:
-        return {**out, "largest": predicted, "verified": False, "measured": {str(k): v for k, v in measured.items()}}
+        return result(predicted, False)
     b = predicted
     for _ in range(max_rounds):
         for x in (b, b + 1):
             if x not in measured:
                 measured[x] = measure(x)
         if measured[b] <= budget_bytes < measured[b + 1]:
-            return {**out, "largest": b, "verified": True,
-                    "measured": {str(k): v for k, v in sorted(measured.items())}}
+            return result(b, True)
         b = _next_guess(measured, budget_bytes)
-    return {**out, "largest": max([k for k, v in measured.items() if v <= budget_bytes], default=0),
-            "verified": False, "measured": {str(k): v for k, v in sorted(measured.items())}}
+    return result(max([k for k, v in measured.items() if v <= budget_bytes], default=0), False)
+
+
+def _crossing(intercept: float, slope: float, budget_bytes: int) -> int:
+    """The largest batch on the line intercept + slope·b at or under the budget."""
+    return math.floor((budget_bytes - intercept) / slope)
 
 
 def _next_guess(measured: Dict[int, int], budget_bytes: int) -> int:
@@ -362,7 +369,7 @@ def _next_guess(measured: Dict[int, int], budget_bytes: int) -> int:
         if hi == lo + 1:
             return lo
     intercept, slope = fit_line([(lo, measured[lo]), (hi, measured[hi])])
-    guess = math.floor((budget_bytes - intercept) / slope) if slope > 0 else lo
+    guess = _crossing(intercept, slope, budget_bytes) if slope > 0 else lo
     if fits and over:  # stay strictly inside the bracket so each round narrows it
         guess = min(max(guess, max(fits)), min(over) - 1)
     return max(1, guess)
